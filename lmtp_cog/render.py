@@ -1,0 +1,241 @@
+"""Render one model's Cog project (everything but its checkpoints) from the templates.
+
+Design rule: the model's settings reach the generated project only as data. ``predict.py`` and
+``push`` are the same text for every model and read ``model_settings.json``; cog.yaml gets its
+values as JSON scalars and lists (JSON is YAML), so quotes, newlines or ``$(...)`` in a setting
+stay a value and never become code. README.md is prose for people: its code samples quote values
+for the language they show (``tojson`` for Python, ``shquote`` for the shell).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from lmtp_cog import __version__, paths
+from lmtp_cog.config import ModelSpec, ProjectConfig
+from lmtp_cog.errors import BuildError
+from lmtp_cog.resolution import ResolvedModel
+from lmtp_cog.settings import CHECKPOINT_DIR, SETTINGS_FILE, model_settings, settings_text
+
+TEMPLATE_OUTPUTS: dict[str, str] = {
+    "cog.yaml": "cog.yaml.j2",
+    "requirements.txt": "requirements.txt.j2",
+    "predict.py": "predict.py.j2",
+    "README.md": "README.md.j2",
+    ".dockerignore": "dockerignore.j2",
+    ".gitignore": "gitignore.j2",
+}
+"""Each generated file and the template it comes from (the dotfiles' templates are visible)."""
+
+PUSH_SCRIPT = "push"
+PUSH_TEMPLATE = "push.j2"
+RUNTIME_PACKAGE = "lmtp_runtime"
+"""The runtime's folder in the generated project; ``predict.py`` imports it by this name."""
+
+_QUANTIZATION_LABELS = {
+    "8bit": "8-bit (bitsandbytes LLM.int8())",
+    "4bit": "4-bit (bitsandbytes)",
+    "none": "none",
+}
+
+
+def render_project(
+    *,
+    config: ProjectConfig,
+    model: ModelSpec,
+    resolved: ResolvedModel,
+    out_dir: Path,
+    with_push: bool = True,
+    runtime_dir: Path = paths.RUNTIME_PACKAGE_DIR,
+) -> list[Path]:
+    """Write the Cog project of ``model`` into ``out_dir``, all but ``checkpoints/``.
+
+    Every file is rendered in memory first, so a template error leaves ``out_dir`` untouched.
+
+    Args:
+        config: The whole configuration (it knows the push destination).
+        model: The model's ``[models.NAME]`` table.
+        resolved: The model pinned to a commit, with the files ``checkpoints/`` will hold.
+        out_dir: A directory that holds none of the files written here (the builder passes a
+            fresh staging folder); created if missing.
+        with_push: Write the ``push`` script. The builder leaves it out while ``dest_prefix``
+            is the placeholder, as there is nowhere to push to.
+        runtime_dir: The ``lmtp_runtime`` package copied into the project.
+
+    Returns:
+        The paths of every file written, sorted.
+
+    Raises:
+        BuildError: ``out_dir`` already holds one of the files, the runtime package is missing,
+            or an extra requirement cannot be written as one line of requirements.txt.
+    """
+    settings = model_settings(config=config, model=model, resolved=resolved)
+    context = _template_context(config=config, model=model, resolved=resolved, settings=settings)
+    environment = template_environment()
+    texts = {
+        output: environment.get_template(template).render(context)
+        for output, template in TEMPLATE_OUTPUTS.items()
+    }
+    texts[SETTINGS_FILE] = settings_text(settings)
+    if with_push:
+        texts[PUSH_SCRIPT] = environment.get_template(PUSH_TEMPLATE).render(context)
+    _check_runtime(runtime_dir)
+    _refuse_existing(out_dir, [*texts, RUNTIME_PACKAGE])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for output, text in texts.items():
+        path = out_dir / output
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    if with_push:
+        (out_dir / PUSH_SCRIPT).chmod(0o755)
+    written += _copy_runtime(runtime_dir, out_dir / RUNTIME_PACKAGE)
+    return sorted(written)
+
+
+@functools.cache
+def template_environment() -> jinja2.Environment:
+    """The Jinja2 environment of ``templates/``: strict, no HTML escaping, two quoting filters."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(paths.TEMPLATES_DIR),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["tojson"] = to_json
+    environment.filters["shquote"] = shlex.quote
+    return environment
+
+
+# Characters JSON leaves raw that YAML would not read back as themselves: DEL and every
+# non-ASCII character of the Basic Multilingual Plane (YAML takes U+0085, U+2028 and U+2029 for
+# line breaks and refuses other non-printable ones). Characters beyond it stay raw: as escapes,
+# JSON would write them as surrogate pairs, which YAML parsers do not join.
+_YAML_UNSAFE = re.compile("[\x7f-\uffff]")
+
+
+def to_json(value: object) -> str:
+    """``value`` as JSON text that YAML (and Python, for strings) reads back as the same value.
+
+    The ``tojson`` filter. Jinja2's own HTML-escapes ``<``, ``>``, ``&`` and ``'`` as ``\\u003c``
+    and so on, which is correct but needlessly unreadable outside HTML.
+    """
+    text = json.dumps(value, ensure_ascii=False)
+    return _YAML_UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def _template_context(
+    *,
+    config: ProjectConfig,
+    model: ModelSpec,
+    resolved: ResolvedModel,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything the templates may use; they compute nothing themselves."""
+    destination = settings["destination"]
+    # Replicate calls a model OWNER/NAME: the destination without its registry host.
+    replicate_model = (
+        destination.partition("/")[2] if destination is not None else f"ACCOUNT/{model.name}"
+    )
+    is_local = model.source.is_local
+    return {
+        "lmtp_cog_version": __version__,
+        "config_file": config.path.name,
+        "name": model.name,
+        "destination": destination,
+        "image": destination if destination is not None else f"r8.im/{replicate_model}",
+        "replicate_model": replicate_model,
+        "lmql_endpoint": f"replicate:{replicate_model}",
+        "lmql_model": model.name if is_local else resolved.repo,
+        "tokenizer": CHECKPOINT_DIR if is_local else resolved.repo,
+        "source": {
+            "repo": resolved.repo,
+            "is_local": is_local,
+            "revision": resolved.revision,
+            "commit": resolved.commit,
+            "url": None if is_local else f"https://huggingface.co/{resolved.repo}",
+        },
+        "load": settings["load"],
+        "serve": settings["serve"],
+        "quantization_label": _QUANTIZATION_LABELS[model.args.quantization],
+        "checkpoint": {
+            "files": len(resolved.files),
+            "size": _human_size(resolved.total_size),
+            "weight_format": resolved.weight_format,
+        },
+        "cog": model.cog,
+        "runtime_requirements": _runtime_requirements(paths.RUNTIME_REQUIREMENTS),
+        "extra_requirements": [
+            _requirement_line(requirement, model=model)
+            for requirement in model.cog.extra_requirements
+        ],
+    }
+
+
+def _runtime_requirements(path: Path) -> list[str]:
+    """The requirement lines of predictors/requirements.txt, the one place they are pinned."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _requirement_line(requirement: str, *, model: ModelSpec) -> str:
+    """``requirement`` as one line of requirements.txt, which has no quoting to protect it.
+
+    config.toml's validation already insists on ``name==version``; this guards the file format
+    itself, so that no value can add a second line or a pip option.
+    """
+    if len(requirement.splitlines()) != 1 or requirement.lstrip().startswith("-"):
+        raise BuildError(
+            f"model '{model.name}': cog.extra_requirements entry {requirement!r} is not a single "
+            "requirement; write each as one name==version string."
+        )
+    return requirement
+
+
+def _human_size(size: int) -> str:
+    """``13.5 GB``: decimal units, as the Hub shows sizes."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def _check_runtime(runtime_dir: Path) -> None:
+    if not (runtime_dir / "predictor.py").is_file():
+        raise BuildError(
+            f"the predictor runtime is missing: {runtime_dir} has no predictor.py; reinstall "
+            "lmtp-cog from a complete checkout."
+        )
+
+
+def _refuse_existing(out_dir: Path, names: list[str]) -> None:
+    clashes = sorted(name for name in names if (out_dir / name).exists())
+    if clashes:
+        raise BuildError(
+            f"{out_dir} already holds {', '.join(clashes)}; render a project into an empty "
+            "folder."
+        )
+
+
+def _copy_runtime(source: Path, target: Path) -> list[Path]:
+    """Copy the runtime package (real files, no links), without bytecode caches."""
+    shutil.copytree(
+        source,
+        target,
+        symlinks=False,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    return [path for path in target.rglob("*") if path.is_file()]
