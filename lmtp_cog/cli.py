@@ -1,0 +1,107 @@
+"""Command line: argument parsing and error printing only; the work happens in :mod:`.build`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import LmtpCogError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="build",
+        description=(
+            "Turn the models in config.toml into Cog projects in work/NAME that serve LMQL's "
+            "LMTP protocol. Resolves each model's revision to a commit, fetches only the files "
+            "loading needs, and renders cog.yaml, predict.py, the runtime, README.md and push."
+        ),
+    )
+    parser.add_argument(
+        "--config", type=Path, default=Path("config.toml"), metavar="PATH",
+        help="the configuration file (default: ./config.toml)",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, metavar="DIR",
+        help="where projects are written (default: work/ beside the config file)",
+    )
+    parser.add_argument(
+        "--only", nargs="+", default=(), metavar="NAME",
+        help="build only these models",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="print what would be fetched and written, and change nothing",
+    )
+    parser.add_argument(
+        "--offline", action="store_true",
+        help="use only the local Hugging Face cache (no network)",
+    )
+    parser.add_argument(
+        "--update", action="store_true",
+        help="re-resolve revisions instead of using the commits in the lock file",
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the models in the configuration and exit",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
+    parser.add_argument("--version", action="version", version=f"lmtp-cog {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.list:
+            return _list_models(args.config)
+        from .build import BuildOptions, build
+
+        build(
+            BuildOptions(
+                config_path=args.config,
+                work_dir=args.work_dir,
+                only=tuple(args.only),
+                dry_run=args.dry_run,
+                offline=args.offline,
+                update=args.update,
+            ),
+            report=_say,
+        )
+    except LmtpCogError as error:
+        if args.verbose:
+            logging.exception("build failed")
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: work/ was left as it was.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _list_models(config_path: Path) -> int:
+    from .config import load_config
+
+    config = load_config(config_path)
+    for model in config.models:
+        revision = f"@{model.source.revision}" if model.source.revision else ""
+        _say(f"{model.name}\t{model.source.repo}{revision}\t{model.args.quantization}")
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
