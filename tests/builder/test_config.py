@@ -23,7 +23,8 @@ from lmtp_cog.names import hub_repo_id_problem, model_name_problem, replicate_ow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "config.toml.example"
-LMQL_EXAMPLE = REPO_ROOT.parent / "shared" / "lmql-config.toml.example"
+# LMQL's scripts/replicate-build/config.toml.example, kept verbatim.
+LMQL_EXAMPLE = REPO_ROOT / "tests" / "fixtures" / "lmql-config.toml.example"
 
 
 def toml_string(text: str) -> str:
