@@ -114,6 +114,10 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
 
     for entry in resolved.values():
         lock = lock.with_entry(entry)
+    if not options.only:
+        # A full build knows every model: entries of models removed from the config go too.
+        configured = {model.name for model in config.models}
+        lock = lock.without(name for name in lock.models if name not in configured)
     lock.save()
     for outcome in outcomes:
         _report_outcome(outcome, work_dir=work_dir, report=report)

@@ -625,3 +625,20 @@ def test_local_directory_model_links_its_files(
     _ok(again)
     assert "local: up to date" in again.stdout
     assert snapshot(project.work_dir) == before
+
+
+def test_full_build_drops_lock_entries_of_removed_models(tmp_path: Path, hub: HubServer) -> None:
+    """A model deleted from config.toml leaves the lock on the next full build, not on --only."""
+    project = Project(tmp_path, endpoint=hub.endpoint)
+    project.write_config(
+        model_table("first", "meta-llama/Llama-2-7b-hf"),
+        model_table("second", "meta-llama/Llama-2-13b-hf"),
+    )
+    assert project.build().returncode == 0
+    assert set(project.lock()["models"]) == {"first", "second"}
+
+    project.write_config(model_table("first", "meta-llama/Llama-2-7b-hf"))
+    assert project.build("--only", "first").returncode == 0
+    assert set(project.lock()["models"]) == {"first", "second"}
+    assert project.build().returncode == 0
+    assert set(project.lock()["models"]) == {"first"}
