@@ -1,0 +1,341 @@
+"""Run the model: batched prefill, a KV-cached decode loop, and scoring (LMTP.md §2, §3, §6).
+
+Batches are left-padded: every row ends at the last column, so "the next token" is the last
+position for all rows at once. Padding must not change any row's numbers, which takes two
+things: an attention mask (padded columns are never attended to) and explicit position ids
+counted over each row's *own* tokens. Models do not derive positions from the mask (GPT-2 on
+transformers 5 does not at all), so without them a padded row would be shifted and its logits
+would differ from the same op run alone.
+
+The decode loop owns its KV cache (a transformers ``DynamicCache`` passed as
+``past_key_values``); ``model.generate`` is never called, so the checkpoint's
+generation_config.json cannot change decoding.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from .protocol import FinishReason, GenerateOp, ScoreOp
+from .sampling import LOGPROB_FLOOR, BatchSampler, Choice, make_generator
+
+NAN_MESSAGE = (
+    "the model produced NaN logits (a numerical overflow; loading it with torch_dtype "
+    "'bfloat16' or 'float32' usually avoids this)"
+)
+
+
+# --- per-stream state and results ----------------------------------------------------------------
+
+
+@dataclass
+class GenerationStream:
+    """One GENERATE op's progress.
+
+    It outlives the batch it runs in: after a batch failure the stream goes on alone from the
+    tokens it already sent, with the same random generator (LMTP.md §5).
+    """
+
+    op: GenerateOp
+    generated: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    finished: bool = False
+
+    @property
+    def sequence(self) -> list[int]:
+        return [*self.op.prompt, *self.generated]
+
+    @property
+    def wants_tokens(self) -> bool:
+        return not self.finished and len(self.generated) < self.op.max_tokens
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token of one stream."""
+
+    stream: GenerationStream
+    token: int
+    logprob: float
+    top_logprobs: dict[int, float]
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """A stream that cannot go on; it is finished."""
+
+    stream: GenerationStream
+    message: str
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The log-probabilities of one SCORE op's tokens, or why there are none."""
+
+    op: ScoreOp
+    logprobs: tuple[float, ...] = ()
+    error: str | None = None
+
+
+# --- padding and the decode batch -----------------------------------------------------------------
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], *, device: torch.device | str, pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, position_ids)`` for left-padded ``sequences``.
+
+    Position ids count each row's own tokens from 0; padded columns get position 0 (they are
+    masked, so any valid position will do).
+    """
+    width = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            input_ids[row, width - len(sequence) :] = torch.tensor(list(sequence), dtype=torch.long)
+            attention_mask[row, width - len(sequence) :] = 1
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    return input_ids.to(device), attention_mask.to(device), position_ids.to(device)
+
+
+class DecodeBatch:
+    """Left-padded rows decoding in lockstep. It owns their KV cache.
+
+    Column ``j`` of the attention mask and of the cache is the same for every row; a row's
+    position ids count only its unmasked columns. Finished rows are dropped with :meth:`keep`
+    so they cost nothing; the cache object stays available for reuse by later work.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> None:
+        self.model = model
+        self.cache = cache
+        self.attention_mask = attention_mask
+        self.lengths = lengths
+        """``[rows]``: tokens each row has fed so far, which is also its next position id."""
+
+    @classmethod
+    def prefill(
+        cls, model: Any, sequences: Sequence[Sequence[int]], *, device: torch.device
+    ) -> tuple[DecodeBatch, torch.Tensor]:
+        """Run the prompts; return the batch and each row's next-token logits, ``[rows, vocab]``."""
+        input_ids, attention_mask, position_ids = left_pad(sequences, device=device)
+        cache = DynamicCache(config=model.config)
+        logits = forward(model, input_ids, attention_mask, position_ids, cache=cache, keep=1)
+        batch = cls(
+            model, cache=cache, attention_mask=attention_mask, lengths=attention_mask.sum(dim=-1)
+        )
+        return batch, logits[:, -1]
+
+    @property
+    def rows(self) -> int:
+        return self.attention_mask.shape[0]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (``[rows]``); return the next-token logits (``[rows, vocab]``)."""
+        tokens = tokens.to(self.attention_mask.device)
+        self.attention_mask = torch.cat(
+            [self.attention_mask, self.attention_mask.new_ones((self.rows, 1))], dim=-1
+        )
+        position_ids = self.lengths[:, None]
+        logits = forward(
+            self.model, tokens[:, None], self.attention_mask, position_ids, cache=self.cache, keep=1
+        )
+        self.lengths = self.lengths + 1
+        return logits[:, -1]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only these rows, in this order."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.attention_mask.device)
+        self.cache.batch_select_indices(index)
+        self.attention_mask = self.attention_mask[index]
+        self.lengths = self.lengths[index]
+
+
+def forward(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    *,
+    cache: DynamicCache | None,
+    keep: int,
+) -> torch.Tensor:
+    """One forward pass; the logits of the last ``keep`` positions, ``[rows, keep, vocab]``.
+
+    ``logits_to_keep`` spares the vocabulary projection of every other position, which for a
+    long prompt is most of the work; models that lack it get sliced afterwards.
+    """
+    kwargs: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "past_key_values": cache,
+        "use_cache": cache is not None,
+    }
+    if _accepts_logits_to_keep(type(model)):
+        kwargs["logits_to_keep"] = keep
+    return model(**kwargs).logits[:, -keep:]
+
+
+@functools.cache
+def _accepts_logits_to_keep(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+# --- the engine -----------------------------------------------------------------------------------
+
+
+class Engine:
+    """Generation and scoring for one loaded model. Not thread-safe: one prediction at a time."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        vocab_size: int,
+        context_length: int | None,
+        eos_token_ids: Sequence[int],
+    ) -> None:
+        self.model = model
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.input_device = model.get_input_embeddings().weight.device
+
+    @classmethod
+    def start(
+        cls, model: Any, *, context_length: int | None, eos_token_ids: Sequence[int]
+    ) -> Engine:
+        """Run a one-token warm-up forward and return an engine sized by its logits.
+
+        The vocabulary size is what the logits say, not config.json: some checkpoints pad the
+        embedding matrix beyond the tokenizer, and those ids are valid model outputs.
+        """
+        device = model.get_input_embeddings().weight.device
+        with torch.inference_mode():
+            probe = torch.zeros((1, 1), dtype=torch.long, device=device)
+            logits = forward(model, probe, torch.ones_like(probe), probe, cache=None, keep=1)
+        return cls(
+            model,
+            vocab_size=logits.shape[-1],
+            context_length=context_length,
+            eos_token_ids=eos_token_ids,
+        )
+
+    # GENERATE
+
+    def generate(
+        self, streams: Sequence[GenerationStream]
+    ) -> Iterator[list[TokenEvent | StreamError]]:
+        """Decode ``streams`` together, yielding every step's events as soon as they are known.
+
+        Each stream's state is updated before its event is yielded, so if a later step raises,
+        the caller can resume the unfinished streams from exactly where they stopped.
+        """
+        active = [stream for stream in streams if stream.wants_tokens]
+        if not active:
+            return
+        with torch.inference_mode():
+            batch, logits = DecodeBatch.prefill(
+                self.model, [s.sequence for s in active], device=self.input_device
+            )
+            for stream in active:
+                if stream.generator is None and not stream.op.sampling.greedy:
+                    stream.generator = make_generator(stream.op.sampling.seed, logits.device)
+            sampler = BatchSampler(
+                [s.op for s in active],
+                [s.generated for s in active],
+                [s.generator for s in active],
+                vocab_size=self.vocab_size,
+                device=logits.device,
+            )
+        while True:
+            with torch.inference_mode():
+                choice = sampler.choose(logits)
+            events = [self._advance(stream, choice, row) for row, stream in enumerate(active)]
+            yield events
+            going = [row for row, stream in enumerate(active) if not stream.finished]
+            if not going:
+                return
+            with torch.inference_mode():
+                tokens = choice.tokens
+                if len(going) < len(active):
+                    batch.keep(going)
+                    sampler.keep(going)
+                    tokens = tokens[torch.tensor(going, device=tokens.device)]
+                sampler.observe(tokens)
+                logits = batch.step(tokens)
+            active = [active[row] for row in going]
+
+    def _advance(
+        self, stream: GenerationStream, choice: Choice, row: int
+    ) -> TokenEvent | StreamError:
+        token, logprob = choice.token_ids[row], choice.logprobs[row]
+        if math.isnan(logprob):  # the model's logits were NaN: there is no sensible token
+            stream.finished = True
+            return StreamError(stream, NAN_MESSAGE)
+        stream.generated.append(token)
+        reason = self._finish_reason(stream, token)
+        stream.finished = reason is not None
+        return TokenEvent(stream, token, logprob, choice.top_logprobs[row], reason)
+
+    def _finish_reason(self, stream: GenerationStream, token: int) -> FinishReason:
+        if token in self.eos_token_ids:
+            return "stop"
+        if len(stream.generated) >= stream.op.max_tokens:
+            return "length"
+        # The window is full once prompt + generated fill it: the next token would not fit.
+        length = len(stream.op.prompt) + len(stream.generated)
+        if self.context_length is not None and length >= self.context_length:
+            return "length"
+        return None
+
+    # SCORE
+
+    def score(self, ops: Sequence[ScoreOp]) -> list[ScoreResult]:
+        """Score all ``ops`` in one forward pass: ``log_softmax(logits)[scored[j]]`` for every j.
+
+        Row ``i`` feeds ``prompt + scored[:-1]``; left-padded, its scored tokens are predicted
+        by the last ``len(scored)`` positions of every row alike.
+        """
+        results = [ScoreResult(op) for op in ops]  # what an empty `scored` gets: no tokens
+        todo = [index for index, op in enumerate(ops) if op.scored]
+        if not todo:
+            return results
+        keep = max(len(ops[index].scored) for index in todo)
+        with torch.inference_mode():
+            sequences = [[*ops[index].prompt, *ops[index].scored[:-1]] for index in todo]
+            input_ids, attention_mask, position_ids = left_pad(sequences, device=self.input_device)
+            logits = forward(
+                self.model, input_ids, attention_mask, position_ids, cache=None, keep=keep
+            )
+            for row, index in enumerate(todo):
+                op = ops[index]
+                results[index] = self._score_row(op, logits[row, keep - len(op.scored) :])
+        return results
+
+    @staticmethod
+    def _score_row(op: ScoreOp, logits: torch.Tensor) -> ScoreResult:
+        scored = torch.tensor(op.scored, dtype=torch.long, device=logits.device)
+        dist = torch.log_softmax(logits.float(), dim=-1)
+        values = dist.gather(-1, scored[:, None]).squeeze(-1).clamp(min=LOGPROB_FLOOR).tolist()
+        if any(math.isnan(value) for value in values):
+            return ScoreResult(op, error=NAN_MESSAGE)
+        return ScoreResult(op, logprobs=tuple(values))

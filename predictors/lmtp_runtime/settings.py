@@ -1,0 +1,165 @@
+"""Read ``model_settings.json``, the builder's hand-over to the predictor, into frozen dataclasses.
+
+The builder writes the file next to ``predict.py``; the runtime reads nothing else about the
+model it serves. Unknown keys are ignored, so a newer builder can add fields without breaking an
+older runtime; known keys are checked, because a wrong value would otherwise surface as an
+obscure failure deep inside ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SettingsError
+
+SETTINGS_FORMAT = 1
+QUANTIZATIONS = ("none", "8bit", "4bit")
+TORCH_DTYPES = ("float16", "bfloat16", "float32", "auto")
+DEFAULT_MAX_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where the checkpoint came from; reported by MODEL_INFO, never fetched from."""
+
+    repo: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load the checkpoint: the model's ``config.*`` arguments from config.toml."""
+
+    quantization: str = "none"
+    """``"none"``, ``"8bit"`` or ``"4bit"``."""
+    torch_dtype: str | None = None
+    """``None`` or ``"auto"``: the checkpoint's own dtype (see :mod:`.loading`)."""
+    trust_remote_code: bool = False
+    device_map: str | None = None
+    """``None`` means ``"auto"`` on a GPU and everything on the CPU otherwise."""
+    attn_implementation: str | None = None
+    use_safetensors: bool | None = None
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Everything the runtime knows about the model it serves."""
+
+    name: str
+    checkpoint_dir: Path
+    """Absolute: a relative ``checkpoint_dir`` resolves against the settings file's folder."""
+    huggingface: HubSource = field(default_factory=HubSource)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    destination: str | None = None
+    lmtp_cog_version: str | None = None
+
+
+def read_settings(source: Mapping[str, Any] | str | os.PathLike[str]) -> ModelSettings:
+    """Read settings from a ``model_settings.json`` path or from the already-decoded dict.
+
+    A relative ``checkpoint_dir`` resolves against the file's folder, or against the current
+    directory when a dict is given.
+
+    Raises:
+        SettingsError: the file is missing or not JSON, or a known key has an invalid value.
+    """
+    if isinstance(source, Mapping):
+        return _settings_from_dict(source, base_dir=Path.cwd(), origin="model settings")
+    path = Path(source)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(
+            f"{path} does not exist: the builder writes it next to predict.py."
+        ) from None
+    except (OSError, ValueError) as error:
+        raise SettingsError(f"{path} is not readable JSON ({error}).") from None
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+    return _settings_from_dict(data, base_dir=path.resolve().parent, origin=str(path))
+
+
+def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str) -> ModelSettings:
+    fields = _Fields(data, origin=origin)
+    version = fields.get("format", int, default=SETTINGS_FORMAT)
+    if version != SETTINGS_FORMAT:
+        raise SettingsError(
+            f"{origin}: key 'format' is {version}, but this runtime reads format "
+            f"{SETTINGS_FORMAT}; "
+            "rebuild the project with the matching lmtp-cog."
+        )
+    checkpoint_dir = Path(fields.get("checkpoint_dir", str, required=True))
+    hub = fields.section("huggingface")
+    load = fields.section("load")
+    serve = fields.section("serve")
+    max_batch_size = serve.get("max_batch_size", int, default=DEFAULT_MAX_BATCH_SIZE)
+    if max_batch_size < 1:
+        raise SettingsError(
+            f"{origin}: key 'serve.max_batch_size' must be at least 1, got {max_batch_size}."
+        )
+    return ModelSettings(
+        name=fields.get("name", str, required=True),
+        checkpoint_dir=checkpoint_dir
+        if checkpoint_dir.is_absolute()
+        else base_dir / checkpoint_dir,
+        huggingface=HubSource(
+            repo=hub.get("repo", str),
+            revision=hub.get("revision", str),
+            commit=hub.get("commit", str),
+        ),
+        load=LoadOptions(
+            quantization=load.choice("quantization", QUANTIZATIONS, default="none"),
+            torch_dtype=load.choice("torch_dtype", TORCH_DTYPES, default=None),
+            trust_remote_code=load.get("trust_remote_code", bool, default=False),
+            device_map=load.get("device_map", str),
+            attn_implementation=load.get("attn_implementation", str),
+            use_safetensors=load.get("use_safetensors", bool),
+        ),
+        max_batch_size=max_batch_size,
+        destination=fields.get("destination", str),
+        lmtp_cog_version=fields.get("lmtp_cog_version", str),
+    )
+
+
+class _Fields:
+    """Typed access to one JSON object of the settings, with errors naming the dotted key."""
+
+    def __init__(self, data: Mapping[str, Any], *, origin: str, prefix: str = "") -> None:
+        self._data = data
+        self._origin = origin
+        self._prefix = prefix
+
+    def get(self, key: str, kind: type, *, default: Any = None, required: bool = False) -> Any:
+        value = self._data.get(key)
+        if value is None:
+            if required:
+                raise SettingsError(f"{self._origin}: key '{self._prefix}{key}' is missing.")
+            return default
+        # bool is an int in Python; a settings file saying `"max_batch_size": true` is a mistake.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise SettingsError(
+                f"{self._origin}: key '{self._prefix}{key}' must be {kind.__name__}, "
+                f"got {json.dumps(value)}."
+            )
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], *, default: str | None) -> str | None:
+        value = self.get(key, str, default=default)
+        if value is not None and value not in choices:
+            raise SettingsError(
+                f"{self._origin}: key '{self._prefix}{key}' must be one of "
+                f"{', '.join(choices)}, got {value!r}."
+            )
+        return value
+
+    def section(self, key: str) -> _Fields:
+        return _Fields(
+            self.get(key, dict, default={}), origin=self._origin, prefix=f"{self._prefix}{key}."
+        )

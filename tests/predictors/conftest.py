@@ -1,0 +1,94 @@
+"""Fixtures for the predictor runtime's own tests: tiny checkpoints and loaded predictors.
+
+Checkpoints and predictors are made once per session and shared; a test that changes a model
+(hooks, weights) must load its own with ``fresh=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def settings_dict(
+    checkpoint_dir: Path, *, quantization: str = "none", max_batch_size: int = 8, **load: Any
+) -> dict[str, Any]:
+    """``model_settings.json`` as the builder writes it, for a local checkpoint."""
+    return {
+        "format": 1,
+        "name": "tiny",
+        "destination": None,
+        "huggingface": {"repo": "local/tiny", "revision": "main", "commit": FAKE_COMMIT},
+        "checkpoint_dir": str(checkpoint_dir),
+        "load": {
+            "quantization": quantization,
+            "torch_dtype": None,
+            "trust_remote_code": False,
+            "device_map": None,
+            "attn_implementation": None,
+            "use_safetensors": None,
+            **load,
+        },
+        "serve": {"max_batch_size": max_batch_size},
+        "lmtp_cog_version": "0.1.0",
+    }
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make_checkpoint(**make_model_args)``: a tiny random checkpoint, made once per session."""
+    from lmtp_cog.testing.tiny_models import make_model
+
+    made: dict[str, Path] = {}
+
+    def make(**make_model_args: Any) -> Path:
+        key = json.dumps(make_model_args, sort_keys=True)
+        if key not in made:
+            made[key] = make_model(tmp_path_factory.mktemp("tiny"), **make_model_args)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def llama_dir(make_checkpoint: Callable[..., Path]) -> Path:
+    return make_checkpoint(arch="llama")
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(make_checkpoint: Callable[..., Path]) -> Path:
+    return make_checkpoint(arch="gpt2")
+
+
+@pytest.fixture(scope="session")
+def load_predictor() -> Callable[..., Any]:
+    """``load_predictor(checkpoint_dir, fresh=False, **settings)``: a ready ``LmtpPredictor``.
+
+    Shared per (checkpoint, settings) unless ``fresh``: then the caller may modify its model.
+    """
+    from lmtp_runtime.predictor import LmtpPredictor
+
+    loaded: dict[str, Any] = {}
+
+    def load(checkpoint_dir: Path, *, fresh: bool = False, **settings: Any) -> Any:
+        data = settings_dict(checkpoint_dir, **settings)
+        if fresh:
+            return LmtpPredictor.from_settings(data)
+        key = json.dumps(data, sort_keys=True)
+        if key not in loaded:
+            loaded[key] = LmtpPredictor.from_settings(data)
+        return loaded[key]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def make_settings() -> Callable[..., dict[str, Any]]:
+    """``make_settings(checkpoint_dir, **overrides)``: see :func:`settings_dict`."""
+    return settings_dict

@@ -1,0 +1,270 @@
+"""The runtime behind the real Cog prediction server (coglet), the way the image runs it.
+
+Each test assembles a project like the builder's ``work/NAME`` by hand: a copy of
+``predictors/lmtp_runtime``, the thin generated ``predict.py``, ``model_settings.json`` and a tiny
+checkpoint in ``checkpoints/``. It then starts ``python -m cog.server.http`` in it, as NOTES.md
+describes (the venv first on PATH, because the server starts its worker with plain ``python``),
+and talks HTTP to it on 127.0.0.1. Every server is killed by its process group in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+RUNTIME_DIR = Path(__file__).resolve().parents[2] / "predictors" / "lmtp_runtime"
+VENV_BIN = Path(sys.executable).parent
+STARTUP_TIMEOUT_S = 120.0
+REQUEST_TIMEOUT_S = 60.0
+PREDICT_PY = """\
+from pathlib import Path
+
+from lmtp_runtime.predictor import LmtpPredictor
+
+
+class Predictor(LmtpPredictor):
+    settings_path = Path(__file__).with_name("model_settings.json")
+"""
+PROMPT = [1, 5, 6, 7, 8, 9]
+
+
+def assemble_project(root: Path, checkpoint_dir: Path, settings: dict[str, Any]) -> Path:
+    """A Cog project as the builder lays it out, with ``checkpoint_dir`` relative to it."""
+    shutil.copytree(
+        RUNTIME_DIR, root / "lmtp_runtime", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(checkpoint_dir, root / "checkpoints")
+    (root / "predict.py").write_text(PREDICT_PY)
+    (root / "model_settings.json").write_text(
+        json.dumps({**settings, "checkpoint_dir": "checkpoints"}, indent=2)
+    )
+    return root
+
+
+@dataclass
+class CogServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return json.loads(response.read())
+
+    def wait_for_setup(self) -> dict[str, Any]:
+        """Poll /health-check until setup has finished either way; fail on exit or timeout."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"cog server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                health = self.request("GET", "/health-check")
+            except OSError:
+                health = {"status": "not listening yet"}
+            if health["status"] in ("READY", "SETUP_FAILED"):
+                return health
+            time.sleep(0.25)
+        pytest.fail(f"cog server not ready after {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def predict(self, ops: list[Any]) -> dict[str, Any]:
+        return self.request("POST", "/predictions", {"input": {"ops_batch_json": json.dumps(ops)}})
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def cog_server(project: Path) -> Iterator[CogServer]:
+    """``python -m cog.server.http`` in ``project``, stopped (whole process group) on exit."""
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        COG_PREDICT_TYPE_STUB="predict.py:Predictor",
+        PORT=str(port),
+    )
+    log_path = project / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "python"), "-m", "cog.server.http", "--host", "127.0.0.1"],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield CogServer(f"http://127.0.0.1:{port}", process, log_path)
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server and its worker: they share the process group the server leads."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _no_constants(name: str) -> Any:
+    raise AssertionError(f"{name} in an output line: LMQL's client cannot parse it")
+
+
+def parse_output(output: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Every chunk is whole strict-JSON lines (each becomes one SSE event on Replicate)."""
+    lines = []
+    for chunk in output:
+        assert isinstance(chunk, str) and chunk.endswith("\n"), chunk
+        for text in chunk[:-1].split("\n"):
+            kind, _, payload = text.partition(" ")
+            assert kind in ("TOKEN", "MSG"), text
+            lines.append((kind, json.loads(payload, parse_constant=_no_constants)))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def project(
+    tmp_path_factory: pytest.TempPathFactory, llama_dir: Path, make_settings: Callable[..., Any]
+) -> Path:
+    return assemble_project(
+        tmp_path_factory.mktemp("cog-project"), llama_dir, make_settings(llama_dir)
+    )
+
+
+@pytest.fixture(scope="module")
+def server(project: Path) -> Iterator[CogServer]:
+    with cog_server(project) as running:
+        health = running.wait_for_setup()
+        assert health["status"] == "READY", (
+            health.get("setup", {}).get("logs") or running.log_tail()
+        )
+        running.setup_logs = health["setup"]["logs"]  # type: ignore[attr-defined]
+        yield running
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_cog_finds_the_inherited_predict_signature(project: Path, server: CogServer) -> None:
+    """The thin subclass defines nothing but settings_path; Cog must still see the LMTP input."""
+    inspect = (
+        "import json; from cog._inspector import create_predictor\n"
+        "info = create_predictor('predict', 'Predictor')\n"
+        "field = info.inputs['ops_batch_json']\n"
+        "print(json.dumps({'inputs': list(info.inputs), 'type': field.type.primitive.name,\n"
+        "    'required': field.type.repetition.name, 'description': field.description,\n"
+        "    'output': [info.output.kind.name, info.output.type.name]}))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-W", "ignore", "-c", inspect],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=REQUEST_TIMEOUT_S,
+        check=True,
+    )
+    schema = json.loads(result.stdout.strip().splitlines()[-1])
+    assert schema["inputs"] == ["ops_batch_json"]
+    assert (schema["type"], schema["required"]) == ("STRING", "REQUIRED")
+    assert "GENERATE" in schema["description"]
+    assert schema["output"] == ["CONCAT_ITERATOR", "STRING"]
+    assert "Detected sync predict()" in server.setup_logs  # type: ignore[attr-defined]
+
+
+def test_a_prediction_through_cog_answers_every_command(
+    server: CogServer, llama_dir: Path, load_predictor: Callable[..., Any]
+) -> None:
+    ops = [
+        [
+            "GENERATE",
+            {
+                "prompt": PROMPT,
+                "max_tokens": 4,
+                "temperature": 0,
+                "top_logprobs": 2,
+                "stream_id": 1,
+            },
+        ],
+        ["GENERATE", {"prompt": PROMPT[:3], "max_tokens": 2, "temperature": 0, "stream_id": 2}],
+        ["SCORE", {"prompt": PROMPT, "scored": [30, 31, 32], "stream_id": 3}],
+        ["MODEL_INFO", {"stream_id": 4}],
+    ]
+    response = server.predict(ops)
+    assert response["status"] == "succeeded", response
+    assert "LMTP prediction: ops 2 GENERATE, 1 MODEL_INFO, 1 SCORE" in response["logs"]
+    output = response["output"]
+    # One chunk per yield: MODEL_INFO, the SCORE op, then one per decoding step.
+    assert len(output) == 1 + 1 + 4
+    lines = parse_output(output)
+
+    [(kind, info)] = [(kind, data) for kind, data in lines if data["stream_id"] == 4]
+    assert kind == "MSG"
+    assert info["model_info"]["name"] == "tiny" and info["model_info"]["vocab_size"] > 0
+
+    # The same ops in this process, on the same checkpoint, give the same answers.
+    local = parse_output(list(load_predictor(llama_dir).predict(ops_batch_json=json.dumps(ops))))
+    for stream_id, count in ((1, 4), (2, 2), (3, 3)):
+        remote = [data for _, data in lines if data["stream_id"] == stream_id]
+        expected = [data for _, data in local if data["stream_id"] == stream_id]
+        assert len(remote) == count
+        assert [(d["token"], d["finish_reason"]) for d in remote] == [
+            (d["token"], d["finish_reason"]) for d in expected
+        ]
+        assert [d["logprob"] for d in remote] == pytest.approx(
+            [d["logprob"] for d in expected], abs=1e-4
+        )
+
+
+def test_bad_input_through_cog_is_answered_in_band(server: CogServer) -> None:
+    response = server.request(
+        "POST", "/predictions", {"input": {"ops_batch_json": "GENERATE please"}}
+    )
+    assert response["status"] == "succeeded", response
+    [(kind, data)] = parse_output(response["output"])
+    assert kind == "MSG" and data["stream_id"] is None
+    assert data["error"].startswith("invalid ops_batch_json: ")
+
+
+def test_a_broken_checkpoint_fails_setup_with_a_clear_message(
+    tmp_path: Path, llama_dir: Path, make_settings: Callable[..., Any]
+) -> None:
+    project = assemble_project(tmp_path, llama_dir, make_settings(llama_dir))
+    (project / "checkpoints" / "config.json").write_text('{"model_type": "llama", ')
+    with cog_server(project) as server:
+        health = server.wait_for_setup()
+    assert health["status"] == "SETUP_FAILED"
+    assert "Could not read the model configuration" in health["setup"]["logs"]
+    assert "checkpoints/config.json" in health["setup"]["logs"]
