@@ -1,0 +1,136 @@
+"""``./serve NAME``: argument parsing, the banner, signals and error printing; the work is in
+:mod:`.service`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+from ..cogserver import CogServer
+from ..errors import LmtpCogError
+from .banner import banner
+from .errors import ServeError
+from .project import find_project
+from .service import DEFAULT_HOST, DEFAULT_SETUP_TIMEOUT, serve_project
+
+EXIT_ERROR = 1
+DEFAULT_PORT = 8000
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM and SIGINT (Ctrl-C).
+
+    SIGINT gets the handler too: a shell starts background jobs with SIGINT ignored, and Python
+    then never turns it into KeyboardInterrupt.
+    """
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serve",
+        description=(
+            "Run a model built by ./build on this machine with the real Cog runtime (no Docker), "
+            "behind a Replicate-compatible HTTP API: LMQL, the replicate Python client and curl "
+            "talk to it as they would to api.replicate.com."
+        ),
+    )
+    parser.add_argument("name", metavar="NAME", help="the model, as named in config.toml")
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path("work"), metavar="DIR",
+        help="where ./build put the projects (default: ./work)",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST,
+        help=f"the API's address (default: {DEFAULT_HOST}; there is no authentication)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT,
+        help=f"the API's port (default: {DEFAULT_PORT}; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--cog-port", type=int, default=None, metavar="PORT",
+        help="the Cog server's port on 127.0.0.1 (default: a free one)",
+    )
+    parser.add_argument(
+        "--setup-timeout", type=float, default=DEFAULT_SETUP_TIMEOUT, metavar="SECONDS",
+        help=f"how long the model's setup() may take (default: {DEFAULT_SETUP_TIMEOUT:.0f})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("lmtp_cog.serve").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    try:
+        _serve(args)
+    except LmtpCogError as error:
+        if args.verbose:
+            logging.exception("serve failed")
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except _Stop:
+        print("\nstopped: the API and the Cog server are down.", flush=True)
+        return 0
+
+
+def _serve(args: argparse.Namespace) -> NoReturn:
+    """Serve until a signal stops it (``_Stop``) or the Cog server dies (``ServeError``)."""
+    project = find_project(args.work_dir, args.name)
+    started = time.monotonic()
+
+    def announce(cog: CogServer) -> None:
+        pid = cog.process.pid if cog.process is not None else "?"
+        _say(
+            f"starting the Cog server (pid {pid}) for {args.name}; setup() loads the model "
+            f"(log: {cog.log_path})"
+        )
+
+    with serve_project(
+        project,
+        host=args.host,
+        port=args.port,
+        cog_port=args.cog_port,
+        setup_timeout=args.setup_timeout,
+        on_cog_started=announce,
+    ) as served:
+        _say(banner(served, project_dir=project, startup_seconds=time.monotonic() - started))
+        status = _wait_for_exit(served.cog)
+        raise ServeError(
+            f"the Cog server of {args.name} exited with status {status} while serving; "
+            f"see {served.cog.log_path}."
+        )
+
+
+def _wait_for_exit(cog: CogServer) -> int | None:
+    """Block until the Cog server's process ends (signals still interrupt); its exit status."""
+    tick = threading.Event()
+    while cog.process is not None and cog.process.poll() is None:
+        tick.wait(0.5)
+    return cog.process.returncode if cog.process is not None else None
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    # Once: a second Ctrl-C must not cut the shutdown of the servers short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise _Stop()
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)

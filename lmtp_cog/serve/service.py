@@ -1,0 +1,101 @@
+"""Putting it together: a built project served by Cog, behind the Replicate-compatible API.
+
+The order matters. The API's address is taken first, so that a port already in use is reported
+before minutes of model loading, not after. The OpenAPI schema must exist before the Cog server
+starts (coglet reads it once, at start-up). The API answers only once ``setup()`` finished;
+requests that arrive earlier wait in the socket's backlog. On the way out the API stops first
+(ending its streams and canceling what runs), then the Cog server's process group.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cogserver import CogServer
+from .cog_client import CogClient
+from .errors import ServeError
+from .openapi import write_openapi_schema
+from .project import ServedModel, load_served_model
+from .replicate_api import ReplicateApi, ReplicateApiServer
+from .runner import PredictionRunner
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_SETUP_TIMEOUT = 900.0
+"""Seconds ``setup()`` may take: loading a 7B model in 8-bit from a cold disk takes minutes."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running model: where its two servers listen, and the process behind Cog's."""
+
+    model: ServedModel
+    cog: CogServer
+    api: ReplicateApiServer
+
+    @property
+    def api_url(self) -> str:
+        return self.api.url
+
+
+@contextmanager
+def serve_project(
+    project_dir: Path,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = 0,
+    cog_port: int | None = None,
+    python: str = sys.executable,
+    setup_timeout: float = DEFAULT_SETUP_TIMEOUT,
+    on_cog_started: Callable[[CogServer], None] | None = None,
+) -> Iterator[Served]:
+    """Serve ``project_dir`` until the block ends; both servers are stopped on the way out.
+
+    Args:
+        project_dir: A project made by ``./build`` (any Cog project with model_settings.json).
+        host: Where the API listens; the Cog server always listens on 127.0.0.1.
+        port: The API's port; 0 takes a free one.
+        cog_port: The Cog server's port; ``None`` takes a free one.
+        python: The interpreter with cog and the model's packages (the venv's).
+        setup_timeout: Seconds the model's ``setup()`` may take.
+        on_cog_started: Called once the Cog server process runs, before ``setup()`` finished.
+
+    Raises:
+        ServeError: the API cannot listen on ``host:port``.
+        SchemaError: ``predict.py`` does not import.
+        CogServerError: the Cog server did not start, or ``setup()`` failed (the model's error).
+    """
+    schema_path = write_openapi_schema(project_dir, python=python)
+    model = load_served_model(project_dir, json.loads(schema_path.read_text()))
+    cog = CogServer(project_dir, port=cog_port, python=python)
+    api = _listen(host, port, ReplicateApi(model, PredictionRunner(CogClient(cog.url))))
+    try:
+        with cog:
+            if on_cog_started is not None:
+                on_cog_started(cog)
+            cog.wait_ready(timeout=setup_timeout)
+            thread = threading.Thread(target=api.serve_forever, name="replicate-api", daemon=True)
+            thread.start()
+            try:
+                yield Served(model=model, cog=cog, api=api)
+            finally:
+                api.shutdown()
+                thread.join(timeout=5)
+    finally:
+        api.server_close()
+
+
+def _listen(host: str, port: int, api: ReplicateApi) -> ReplicateApiServer:
+    try:
+        return ReplicateApiServer((host, port), api)
+    except OSError as error:
+        reason = "the port is in use" if error.errno == errno.EADDRINUSE else error.strerror
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {reason}; choose another with --port."
+        ) from None
