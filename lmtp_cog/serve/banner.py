@@ -1,8 +1,9 @@
 """What ``./serve`` prints once the model is ready: what runs where, and how to talk to it.
 
 Every snippet is built from the running servers (URL, model name, tokenizer folder), so it can be
-pasted as it is. LMQL 0.7.3 and LiteLLM 1.106 both hard-code ``https://api.replicate.com`` for
-Replicate (LiteLLM ignores ``api_base`` there), so their snippets install
+pasted as it is. LMQL's native snippet needs nothing else: its websocket client takes the
+endpoint as an argument. LMQL 0.7.3's Replicate client and LiteLLM 1.106 both hard-code
+``https://api.replicate.com`` (LiteLLM ignores ``api_base`` there), so their snippets install
 :mod:`lmtp_cog.serve.redirect` first. LiteLLM sends a text ``prompt`` and no LMTP ops, so its
 snippet is shown only for a model whose required inputs it can fill.
 """
@@ -23,7 +24,7 @@ MODEL_INFO_OPS = json.dumps([["MODEL_INFO", {"stream_id": 1}]])
 
 
 def banner(served: Served, *, project_dir: Path, startup_seconds: float) -> str:
-    """The text printed when both servers are up."""
+    """The text printed when the servers are up."""
     model = served.model
     url = served.api_url
     ref = model.ref
@@ -36,24 +37,43 @@ def banner(served: Served, *, project_dir: Path, startup_seconds: float) -> str:
             [
                 f"  Replicate-compatible API  {url}  (model {ref}, any owner works;"
                 f" version {model.version_id[:12]}…)",
+                *_lmtp_line(served.lmtp_endpoint),
                 f"  Cog server                {cog.url}  (pid {pid}, {project_dir.resolve()})",
                 f"  Logs                      model and Cog server: {cog.log_path.resolve()}",
                 "                            API requests: this terminal",
             ]
         ),
+        _lmql_native(served.lmtp_endpoint, ref, tokenizer),
         _lmql(url, ref, tokenizer),
         _replicate(url, ref),
         _litellm(url, ref, _required_inputs(served)),
         _curl(url, ref),
-        "Ctrl-C (or SIGTERM) stops both servers.",
+        "Ctrl-C (or SIGTERM) stops every server.",
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
 
 
+def _lmtp_line(endpoint: str | None) -> list[str]:
+    if endpoint is None:
+        return []
+    return [f"  LMTP websocket (LMQL)     ws://{endpoint}/  (as `lmql serve-model` serves it)"]
+
+
+def _lmql_native(endpoint: str | None, ref: str, tokenizer: Path) -> str:
+    if endpoint is None:
+        return ""
+    return f"""\
+LMQL, native (its LMTP websocket client, as for `lmql serve-model`; nothing to patch):
+
+    import lmql
+    m = lmql.model({_py(ref)}, endpoint={_py(endpoint)}, tokenizer={_py(str(tokenizer))})
+    print(lmql.run_sync('argmax "Hello[WHO]" where len(TOKENS(WHO)) < 10', model=m))"""
+
+
 def _lmql(url: str, ref: str, tokenizer: Path) -> str:
     return f"""\
-LMQL (its Replicate client calls https://api.replicate.com, hard-coded: redirect it in-process;
-any REPLICATE_API_TOKEN works):
+LMQL via the Replicate API (its Replicate client calls https://api.replicate.com, hard-coded:
+redirect it in-process; any REPLICATE_API_TOKEN works):
 
     import os, lmql
     from lmtp_cog.serve.redirect import redirect_replicate_api

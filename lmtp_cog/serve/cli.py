@@ -18,6 +18,7 @@ from ..cogserver import CogServer
 from ..errors import LmtpCogError
 from .banner import banner
 from .errors import ServeError
+from .lmtp_websocket import LMQL_DEFAULT_PORT
 from .project import find_project
 from .service import DEFAULT_HOST, DEFAULT_SETUP_TIMEOUT, serve_project
 
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run a model built by ./build on this machine with the real Cog runtime (no Docker), "
             "behind a Replicate-compatible HTTP API: LMQL, the replicate Python client and curl "
-            "talk to it as they would to api.replicate.com."
+            "talk to it as they would to api.replicate.com. LMQL can also use its native LMTP "
+            "websocket endpoint, as served by `lmql serve-model`."
         ),
     )
     parser.add_argument("name", metavar="NAME", help="the model, as named in config.toml")
@@ -49,11 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--host", default=DEFAULT_HOST,
-        help=f"the API's address (default: {DEFAULT_HOST}; there is no authentication)",
+        help=(
+            f"the address of the API and the LMTP websocket (default: {DEFAULT_HOST}; "
+            "there is no authentication)"
+        ),
     )
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT,
         help=f"the API's port (default: {DEFAULT_PORT}; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--lmtp-port", type=int, default=LMQL_DEFAULT_PORT, metavar="PORT",
+        help=(
+            "the port of the LMTP websocket endpoint for lmql.model(..., endpoint='HOST:PORT') "
+            f"(default: {LMQL_DEFAULT_PORT}, LMQL's default endpoint; 0 picks a free one)"
+        ),
     )
     parser.add_argument(
         "--cog-port", type=int, default=None, metavar="PORT",
@@ -106,6 +118,7 @@ def _serve(args: argparse.Namespace) -> NoReturn:
         host=args.host,
         port=args.port,
         cog_port=args.cog_port,
+        lmtp_port=args.lmtp_port,
         setup_timeout=args.setup_timeout,
         on_cog_started=announce,
     ) as served:

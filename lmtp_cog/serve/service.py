@@ -1,10 +1,12 @@
-"""Putting it together: a built project served by Cog, behind the Replicate-compatible API.
+"""Putting it together: a built project served by Cog, behind the Replicate-compatible API and
+LMQL's native LMTP websocket endpoint, which share one queue of predictions.
 
-The order matters. The API's address is taken first, so that a port already in use is reported
+The order matters. The addresses are taken first, so that a port already in use is reported
 before minutes of model loading, not after. The OpenAPI schema must exist before the Cog server
-starts (coglet reads it once, at start-up). The API answers only once ``setup()`` finished;
-requests that arrive earlier wait in the socket's backlog. On the way out the API stops first
-(ending its streams and canceling what runs), then the Cog server's process group.
+starts (coglet reads it once, at start-up). Both endpoints answer only once ``setup()`` finished;
+requests that arrive earlier wait in the sockets' backlogs. On the way out the websocket endpoint
+stops first (its clients' predictions are canceled), then the API (ending its streams and
+canceling what runs), then the Cog server's process group.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from ..cogserver import CogServer
 from .cog_client import CogClient
 from .errors import ServeError
+from .lmtp_websocket import LmtpWebsocketServer
 from .openapi import write_openapi_schema
 from .project import ServedModel, load_served_model
 from .replicate_api import ReplicateApi, ReplicateApiServer
@@ -33,15 +36,22 @@ DEFAULT_SETUP_TIMEOUT = 900.0
 
 @dataclass(frozen=True)
 class Served:
-    """A running model: where its two servers listen, and the process behind Cog's."""
+    """A running model: where its servers listen, and the process behind Cog's."""
 
     model: ServedModel
     cog: CogServer
     api: ReplicateApiServer
+    lmtp: LmtpWebsocketServer | None = None
+    """LMQL's native endpoint; ``None`` when served without it."""
 
     @property
     def api_url(self) -> str:
         return self.api.url
+
+    @property
+    def lmtp_endpoint(self) -> str | None:
+        """``HOST:PORT`` for ``lmql.model(..., endpoint=...)``, if the endpoint is served."""
+        return None if self.lmtp is None else self.lmtp.endpoint
 
 
 @contextmanager
@@ -51,43 +61,58 @@ def serve_project(
     host: str = DEFAULT_HOST,
     port: int = 0,
     cog_port: int | None = None,
+    lmtp_port: int | None = 0,
     python: str = sys.executable,
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT,
     on_cog_started: Callable[[CogServer], None] | None = None,
 ) -> Iterator[Served]:
-    """Serve ``project_dir`` until the block ends; both servers are stopped on the way out.
+    """Serve ``project_dir`` until the block ends; every server is stopped on the way out.
 
     Args:
         project_dir: A project made by ``./build`` (any Cog project with model_settings.json).
-        host: Where the API listens; the Cog server always listens on 127.0.0.1.
+        host: Where the API and the websocket endpoint listen; the Cog server always listens on
+            127.0.0.1.
         port: The API's port; 0 takes a free one.
         cog_port: The Cog server's port; ``None`` takes a free one.
+        lmtp_port: The port of LMQL's LMTP websocket endpoint, on ``host``; 0 takes a free one,
+            ``None`` serves none.
         python: The interpreter with cog and the model's packages (the venv's).
         setup_timeout: Seconds the model's ``setup()`` may take.
         on_cog_started: Called once the Cog server process runs, before ``setup()`` finished.
 
     Raises:
-        ServeError: the API cannot listen on ``host:port``.
+        ServeError: the API cannot listen on ``host:port``, or the websocket endpoint on
+            ``host:lmtp_port``.
         SchemaError: ``predict.py`` does not import.
         CogServerError: the Cog server did not start, or ``setup()`` failed (the model's error).
     """
     schema_path = write_openapi_schema(project_dir, python=python)
     model = load_served_model(project_dir, json.loads(schema_path.read_text()))
     cog = CogServer(project_dir, port=cog_port, python=python)
-    api = _listen(host, port, ReplicateApi(model, PredictionRunner(CogClient(cog.url))))
+    runner = PredictionRunner(CogClient(cog.url))
+    api = _listen(host, port, ReplicateApi(model, runner))
+    lmtp: LmtpWebsocketServer | None = None
     try:
+        if lmtp_port is not None:
+            lmtp = _listen_lmtp(host, lmtp_port, model=model, runner=runner)
         with cog:
             if on_cog_started is not None:
                 on_cog_started(cog)
             cog.wait_ready(timeout=setup_timeout)
             thread = threading.Thread(target=api.serve_forever, name="replicate-api", daemon=True)
             thread.start()
+            if lmtp is not None:
+                lmtp.start()
             try:
-                yield Served(model=model, cog=cog, api=api)
+                yield Served(model=model, cog=cog, api=api, lmtp=lmtp)
             finally:
+                if lmtp is not None:
+                    lmtp.stop()
                 api.shutdown()
                 thread.join(timeout=5)
     finally:
+        if lmtp is not None:
+            lmtp.stop()  # frees the port when setup() failed
         api.server_close()
 
 
@@ -95,7 +120,22 @@ def _listen(host: str, port: int, api: ReplicateApi) -> ReplicateApiServer:
     try:
         return ReplicateApiServer((host, port), api)
     except OSError as error:
-        reason = "the port is in use" if error.errno == errno.EADDRINUSE else error.strerror
         raise ServeError(
-            f"cannot listen on {host}:{port}: {reason}; choose another with --port."
+            f"cannot listen on {host}:{port}: {_why(error)}; choose another with --port."
         ) from None
+
+
+def _listen_lmtp(
+    host: str, port: int, *, model: ServedModel, runner: PredictionRunner
+) -> LmtpWebsocketServer:
+    try:
+        return LmtpWebsocketServer((host, port), model=model, runner=runner)
+    except OSError as error:
+        raise ServeError(
+            f"cannot listen on {host}:{port} for the LMTP websocket endpoint: {_why(error)}; "
+            "choose another with --lmtp-port."
+        ) from None
+
+
+def _why(error: OSError) -> str:
+    return "the port is in use" if error.errno == errno.EADDRINUSE else str(error.strerror)

@@ -124,7 +124,7 @@ def test_an_unknown_model_is_one_sentence_that_suggests_build(work_dir: Path) ->
 
 
 def test_a_failing_setup_is_reported_with_the_models_own_error(work_dir: Path) -> None:
-    run = _run_serve(SETUP_FAILS, "--port", "0", cwd=work_dir.parent)  # the default ./work
+    run = _run_serve(SETUP_FAILS, "--port", "0", "--lmtp-port", "0", cwd=work_dir.parent)  # the default ./work
 
     assert run.returncode == 1, run
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
@@ -140,7 +140,7 @@ def test_a_port_in_use_is_reported_before_the_model_is_loaded(work_dir: Path) ->
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        run = _run_serve(ECHO_MODEL, "--port", str(port), cwd=work_dir.parent)
+        run = _run_serve(ECHO_MODEL, "--port", str(port), "--lmtp-port", "0", cwd=work_dir.parent)
 
     assert run.returncode == 1
     assert run.stderr == (
@@ -151,7 +151,7 @@ def test_a_port_in_use_is_reported_before_the_model_is_loaded(work_dir: Path) ->
 
 
 def test_the_banners_snippets_work_and_sigterm_stops_both_servers(work_dir: Path) -> None:
-    serve = _serve(ECHO_MODEL, "--work-dir", str(work_dir), "--port", "0", cwd=work_dir.parent)
+    serve = _serve(ECHO_MODEL, "--work-dir", str(work_dir), "--port", "0", "--lmtp-port", "0", cwd=work_dir.parent)
     try:
         banner = serve.wait_for("Ctrl-C")
         api_url = re.search(r"Replicate-compatible API\s+(http://127\.0\.0\.1:\d+)", banner)
@@ -194,7 +194,7 @@ def test_help_names_every_option(work_dir: Path) -> None:
 
 
 def test_ctrl_c_stops_both_servers(work_dir: Path) -> None:
-    serve = _serve(ECHO_MODEL, "--work-dir", str(work_dir), "--port", "0", cwd=work_dir.parent)
+    serve = _serve(ECHO_MODEL, "--work-dir", str(work_dir), "--port", "0", "--lmtp-port", "0", cwd=work_dir.parent)
     try:
         cog_pid = _cog_pid(serve.wait_for("Ctrl-C"))
         serve.process.send_signal(signal.SIGINT)
@@ -205,7 +205,7 @@ def test_ctrl_c_stops_both_servers(work_dir: Path) -> None:
 
 
 def test_serve_exits_with_an_error_when_the_cog_server_dies(work_dir: Path) -> None:
-    serve = _serve(ECHO_MODEL, "--work-dir", str(work_dir), "--port", "0", cwd=work_dir.parent)
+    serve = _serve(ECHO_MODEL, "--work-dir", str(work_dir), "--port", "0", "--lmtp-port", "0", cwd=work_dir.parent)
     try:
         cog_pid = _cog_pid(serve.wait_for("Ctrl-C"))
         os.killpg(cog_pid, signal.SIGKILL)
