@@ -1,8 +1,11 @@
-"""``make demo``: build the bundled example model and serve one GENERATE and one SCORE.
+"""``make demo``: build the bundled example model, serve it, and query it like a user would.
 
 Everything happens offline on this machine: a tiny random Llama checkpoint is made into
-``examples/tiny/model``, ``./build`` turns it into ``work/tiny-llama``, the real Cog runtime serves
-it on 127.0.0.1, and two LMTP predictions are sent to it. The server is stopped at the end.
+``examples/tiny/model``, the build pipeline turns it into ``work/tiny-llama``, and ``./serve``'s
+stack runs it with the real Cog runtime on 127.0.0.1. Then one LMQL query runs through LMQL's
+native LMTP endpoint, one LMTP batch (GENERATE + SCORE) and one plain-text prediction go through
+the Replicate-compatible API with the official ``replicate`` client, and everything started is
+stopped. The tiny model's answers are gibberish by design: it shows the path, not the quality.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import time
 from pathlib import Path
 
 from .build import BuildOptions, build
-from .cogserver import CogServer
 from .paths import TOOLKIT_ROOT
 
 EXAMPLE_DIR = TOOLKIT_ROOT / "examples" / "tiny"
 MODEL_NAME = "tiny-llama"
+MODEL_REF = f"demo/{MODEL_NAME}"
 
 
 def main() -> int:
@@ -25,45 +28,83 @@ def main() -> int:
     if not (model_dir / "config.json").exists():
         from .testing.tiny_models import make_model
 
-        print(f"making a tiny random Llama checkpoint in {model_dir} ...", flush=True)
+        _say(f"making a tiny random Llama checkpoint in {model_dir.relative_to(TOOLKIT_ROOT)}")
         make_model(model_dir, arch="llama", layers=2, hidden=64, chat_template=True)
 
     work_dir = TOOLKIT_ROOT / "work"
+    _heading(f"./build --config {EXAMPLE_DIR.relative_to(TOOLKIT_ROOT)}/config.toml --work-dir work")
     started = time.monotonic()
-    build(BuildOptions(config_path=EXAMPLE_DIR / "config.toml", work_dir=work_dir))
-    print(f"build took {time.monotonic() - started:.2f} s\n", flush=True)
+    build(BuildOptions(config_path=EXAMPLE_DIR / "config.toml", work_dir=work_dir), report=_say)
+    _say(f"(build took {time.monotonic() - started:.2f} s)")
+
+    from .serve.service import serve_project
 
     project = work_dir / MODEL_NAME
-    print(f"starting the Cog server in {project} ...", flush=True)
-    with CogServer(project) as server:
-        started = time.monotonic()
-        server.wait_ready()
-        print(f"ready after {time.monotonic() - started:.1f} s at {server.url}\n", flush=True)
-        tokenizer_ids = _encode(project, "Hello world")
-        ops = [
-            ["GENERATE", {"stream_id": 1, "prompt": tokenizer_ids, "max_tokens": 8,
-                          "temperature": 0, "top_logprobs": 2}],
-            ["SCORE", {"stream_id": 2, "prompt": tokenizer_ids[:2], "scored": tokenizer_ids[2:]}],
-            ["MODEL_INFO", {"stream_id": 3}],
-        ]
-        print(f"POST /predictions ops_batch_json={json.dumps(ops)}", flush=True)
-        response = server.predict({"ops_batch_json": json.dumps(ops)})
-        print(f"status: {response['status']}")
-        for line in "".join(response.get("output") or []).splitlines():
-            print("  " + line)
-        if response["status"] != "succeeded":
-            print(response.get("error"), file=sys.stderr)
-            return 1
-    print("\nserver stopped. Next: edit config.toml, ./build, then `cd work/NAME && ./push`.")
+    _heading(f"./serve {MODEL_NAME}")
+    started = time.monotonic()
+    with serve_project(project, port=0, lmtp_port=0) as served:
+        _say(f"ready after {time.monotonic() - started:.1f} s")
+        _say(f"  Replicate-compatible API  {served.api_url}")
+        _say(f"  LMQL's LMTP endpoint      {served.lmtp_endpoint}")
+        checkpoints = str(project / "checkpoints")
+        _lmql_query(served.lmtp_endpoint, checkpoints)
+        _lmtp_batch(served.api_url, checkpoints)
+        _text_prediction(served.api_url)
+    _heading("done")
+    _say("Every server was stopped. Next: cp config.toml.example config.toml, edit it, ./build,")
+    _say("then `cd work/NAME && ./push` (see README.md).")
     return 0
 
 
-def _encode(project: Path, text: str) -> list[int]:
-    """Token ids the way LMQL sends them: BOS first, then the text."""
+def _lmql_query(endpoint: str, tokenizer: str) -> None:
+    import lmql
+
+    query = 'argmax "Hello[WHO]" where STOPS_AT(WHO, ".") and len(TOKENS(WHO)) < 12'
+    _heading("LMQL, native LMTP endpoint")
+    _say(f'lmql.model("{MODEL_REF}", endpoint="{endpoint}", tokenizer="work/{MODEL_NAME}/checkpoints")')
+    _say(f"query: {query}")
+    model = lmql.model(MODEL_REF, endpoint=endpoint, tokenizer=tokenizer)
+    result = lmql.run_sync(query, model=model)
+    _say(f"WHO = {result.variables['WHO']!r}")
+
+
+def _lmtp_batch(api_url: str, tokenizer_dir: str) -> None:
+    import replicate
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(project / "checkpoints")
-    return [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = [tokenizer.bos_token_id, *tokenizer("Hello world", add_special_tokens=False).input_ids]
+    ops = [
+        ["GENERATE", {"stream_id": 1, "prompt": ids, "max_tokens": 4, "temperature": 0,
+                      "top_logprobs": 2}],
+        ["SCORE", {"stream_id": 2, "prompt": ids[:2], "scored": ids[2:]}],
+    ]
+    _heading("LMTP through the Replicate API (replicate.Client(base_url=...).stream)")
+    _say(f"ops_batch_json = {json.dumps(ops)}")
+    client = replicate.Client(api_token="demo", base_url=api_url)
+    for event in client.stream(MODEL_REF, input={"ops_batch_json": json.dumps(ops)}):
+        if event.event.value == "output":
+            for line in str(event).splitlines():
+                _say(f"  {line}")
+
+
+def _text_prediction(api_url: str) -> None:
+    import replicate
+
+    inputs = {"prompt": "Who are you?", "max_new_tokens": 16, "temperature": 0}
+    _heading("Plain text through the Replicate API (replicate.Client(base_url=...).run)")
+    _say(f"input = {json.dumps(inputs)}")
+    client = replicate.Client(api_token="demo", base_url=api_url)
+    output = client.run(MODEL_REF, input=inputs)
+    _say(f"output = {''.join(output)!r}")
+
+
+def _heading(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 if __name__ == "__main__":
