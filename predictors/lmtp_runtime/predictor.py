@@ -9,6 +9,17 @@
 Cog finds ``setup`` and ``predict`` through inheritance. ``predict`` is a *sync* generator on
 purpose: coglet streams the chunks of sync generators as they are yielded, but collects an
 async generator's output and sends it at the end, which would defeat token streaming.
+
+One ``predict`` serves two modes, chosen by which input is given (exactly one of them):
+
+- ``ops_batch_json``: LMTP for LMQL (LMTP.md). Every problem is answered in band, as an error
+  line, because an exception reaches LMQL only as an empty result.
+- ``prompt``: text generation with Replicate's LLM inputs (``system_prompt``, ``max_new_tokens``,
+  ``temperature``, ``stop_sequences``...), for the ``replicate`` client, LiteLLM or promptfoo.
+  The output is the text, streamed; a bad input raises, so Cog fails the prediction with a
+  message naming the input, as those clients expect.
+
+The text inputs are ignored in LMTP mode: Cog fills in their defaults on every prediction.
 """
 
 import logging
@@ -23,6 +34,16 @@ from .errors import RuntimeSetupError, SettingsError, describe_exception
 from .offline import hub_offline
 from .protocol import error_line
 from .settings import ModelSettings, read_settings
+from .text_request import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MIN_NEW_TOKENS,
+    DEFAULT_REPETITION_PENALTY,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    choose_mode,
+    text_request,
+)
 
 # huggingface_hub reads HF_HUB_OFFLINE once, when transformers first imports it: make that first
 # import happen offline (see offline.py). Everything below pulls in transformers.
@@ -31,6 +52,7 @@ with hub_offline():
     from .loading import load_model
     from .model_info import context_length, describe_model, eos_token_ids
     from .serving import LmtpServer
+    from .text_mode import TextGenerator
 
 try:  # recent cog releases name the base class BaseRunner; older ones only have BasePredictor
     from cog import BaseRunner as _CogBase
@@ -45,6 +67,33 @@ OPS_BATCH_JSON_DESCRIPTION = (
 )
 NOT_READY = "the model is not loaded: the predictor's setup() has not run or failed"
 
+# Input descriptions, shown on the model's page and in its OpenAPI schema. The text inputs follow
+# Replicate's LLMs, so that clients written for those send the same names.
+PROMPT_DESCRIPTION = (
+    "Text to continue or answer; the output is the generated text, streamed. Give either this or "
+    "ops_batch_json."
+)
+SYSTEM_PROMPT_DESCRIPTION = "System prompt: a system message of the chat template, if any."
+PROMPT_TEMPLATE_DESCRIPTION = (
+    "Template for the model's input, with {prompt} and optionally {system_prompt}. Default: the "
+    "tokenizer's chat template if the model has one, else the prompt as is."
+)
+MAX_NEW_TOKENS_DESCRIPTION = "Most tokens to generate (max_length and max_tokens also work)."
+MIN_NEW_TOKENS_DESCRIPTION = (
+    "Fewest tokens to generate: end-of-sequence is suppressed until then (-1 or 0: no minimum)."
+)
+TEMPERATURE_DESCRIPTION = "Sampling temperature; 0 is greedy decoding (deterministic)."
+TOP_P_DESCRIPTION = "Sample from the most likely tokens that together hold this probability."
+TOP_K_DESCRIPTION = "Sample from the k most likely tokens; 0 keeps them all."
+REPETITION_PENALTY_DESCRIPTION = (
+    "Penalty for tokens already in the prompt or the output, as in transformers; 1 is none."
+)
+STOP_SEQUENCES_DESCRIPTION = (
+    "Comma-separated texts that end the generation, e.g. '<end>,<stop>'; not part of the output."
+)
+SEED_DESCRIPTION = "Random seed, for reproducible sampling; empty for a random one."
+ALIAS_DESCRIPTION = "Another name for max_new_tokens, as older or OpenAI-style clients send it."
+
 
 class LmtpPredictor(_CogBase):
     """Serves LMTP for the model described by ``settings_path`` (``model_settings.json``)."""
@@ -54,6 +103,7 @@ class LmtpPredictor(_CogBase):
 
     _settings_source: Mapping[str, Any] | str | os.PathLike[str] | None = None
     _server: LmtpServer | None = None
+    _text: TextGenerator | None = None
     settings: ModelSettings | None = None
     model: Any = None
     """The loaded transformers model (after :meth:`setup`)."""
@@ -94,6 +144,7 @@ class LmtpPredictor(_CogBase):
         )
         self.settings, self.model, self.tokenizer = settings, loaded.model, loaded.tokenizer
         self._server = LmtpServer(engine, model_info=info, max_batch_size=settings.max_batch_size)
+        self._text = TextGenerator(engine, loaded.tokenizer)
         log.info(
             "ready: vocabulary %d, context window %s, end-of-sequence ids %s, batches of up to %d",
             engine.vocab_size,
@@ -104,10 +155,50 @@ class LmtpPredictor(_CogBase):
 
     def predict(
         self,
-        ops_batch_json: str = Input(description=OPS_BATCH_JSON_DESCRIPTION),
+        prompt: str | None = Input(default=None, description=PROMPT_DESCRIPTION),
+        system_prompt: str | None = Input(default=None, description=SYSTEM_PROMPT_DESCRIPTION),
+        prompt_template: str | None = Input(
+            default=None, description=PROMPT_TEMPLATE_DESCRIPTION
+        ),
+        max_new_tokens: int = Input(
+            default=DEFAULT_MAX_NEW_TOKENS, ge=1, description=MAX_NEW_TOKENS_DESCRIPTION
+        ),
+        min_new_tokens: int = Input(
+            default=DEFAULT_MIN_NEW_TOKENS, ge=-1, description=MIN_NEW_TOKENS_DESCRIPTION
+        ),
+        temperature: float = Input(
+            default=DEFAULT_TEMPERATURE, ge=0.0, description=TEMPERATURE_DESCRIPTION
+        ),
+        # Cog has no exclusive bounds: top_p = 0 and repetition_penalty = 0 are refused in code.
+        top_p: float = Input(default=DEFAULT_TOP_P, ge=0.0, le=1.0, description=TOP_P_DESCRIPTION),
+        top_k: int = Input(default=DEFAULT_TOP_K, ge=0, description=TOP_K_DESCRIPTION),
+        repetition_penalty: float = Input(
+            default=DEFAULT_REPETITION_PENALTY, ge=0.0, description=REPETITION_PENALTY_DESCRIPTION
+        ),
+        stop_sequences: str | None = Input(default=None, description=STOP_SEQUENCES_DESCRIPTION),
+        seed: int | None = Input(default=None, ge=0, description=SEED_DESCRIPTION),
+        max_length: int | None = Input(default=None, ge=1, description=ALIAS_DESCRIPTION),
+        max_tokens: int | None = Input(default=None, ge=1, description=ALIAS_DESCRIPTION),
+        ops_batch_json: str | None = Input(default=None, description=OPS_BATCH_JSON_DESCRIPTION),
     ) -> ConcatenateIterator[str]:
-        """Answer one batch of LMTP ops with streamed ``TOKEN``/``MSG`` lines (see LMTP.md)."""
-        yield from self._lmtp(_plain(ops_batch_json))
+        """Generate text for ``prompt``, or answer ``ops_batch_json``'s LMTP ops (see LMTP.md).
+
+        Raises (text mode only; Cog fails the prediction with the message):
+            TextInputError: both or neither of ``prompt`` and ``ops_batch_json``, or a text input
+                out of range or inconsistent; the message names the input.
+            TextGenerationError: the model could not go on (e.g. NaN logits).
+            RuntimeError: ``setup()`` has not run.
+        """
+        arguments = dict(locals())  # every input, as Cog filled it or as its Input(...) marker
+        inputs = {name: _plain(value) for name, value in arguments.items() if name != "self"}
+        ops = inputs.pop("ops_batch_json")
+        if choose_mode(prompt=inputs["prompt"], ops_batch_json=ops) == "lmtp":
+            yield from self._lmtp(ops)
+            return
+        request = text_request(**inputs)  # checked before the model is needed
+        if self._text is None:
+            raise RuntimeError(NOT_READY)
+        yield from self._text.generate(request)
 
     def _lmtp(self, ops_batch_json: object) -> Iterator[str]:
         if self._server is None:

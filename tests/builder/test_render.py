@@ -635,7 +635,7 @@ def test_readme_code_samples_quote_injected_settings(
 
     # The Python samples compile, and their string literals are the settings.
     python_blocks = re.findall(r"^```python\n(.*?)^```$", readme, flags=re.S | re.M)
-    assert len(python_blocks) == 2
+    assert len(python_blocks) == 3  # LMQL, replicate (LMTP), replicate (text)
     literals = set()
     for block in python_blocks:
         for node in ast.walk(ast.parse(block)):

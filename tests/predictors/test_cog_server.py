@@ -177,7 +177,10 @@ def server(project: Path) -> Iterator[CogServer]:
 
 
 def test_cog_finds_the_inherited_predict_signature(project: Path, server: CogServer) -> None:
-    """The thin subclass defines nothing but settings_path; Cog must still see the LMTP input."""
+    """The thin subclass defines nothing but settings_path; Cog must still see the inputs.
+
+    ``ops_batch_json`` (LMTP) and ``prompt`` (text mode) are both optional: exactly one is given.
+    """
     inspect = (
         "import json; from cog._inspector import create_predictor\n"
         "info = create_predictor('predict', 'Predictor')\n"
@@ -197,8 +200,8 @@ def test_cog_finds_the_inherited_predict_signature(project: Path, server: CogSer
         check=True,
     )
     schema = json.loads(result.stdout.strip().splitlines()[-1])
-    assert schema["inputs"] == ["ops_batch_json"]
-    assert (schema["type"], schema["required"]) == ("STRING", "REQUIRED")
+    assert {"ops_batch_json", "prompt", "max_new_tokens", "temperature"} <= set(schema["inputs"])
+    assert (schema["type"], schema["required"]) == ("STRING", "OPTIONAL")
     assert "GENERATE" in schema["description"]
     assert schema["output"] == ["CONCAT_ITERATOR", "STRING"]
     assert "Detected sync predict()" in server.setup_logs  # type: ignore[attr-defined]

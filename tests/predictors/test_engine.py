@@ -63,6 +63,7 @@ from lmtp_runtime.sampling import (
     token_counts,
 )
 from lmtp_runtime.settings import LoadOptions, read_settings
+from lmtp_runtime.text_request import TextInputError
 from transformers import (
     BitsAndBytesConfig,
     DynamicCache,
@@ -767,10 +768,10 @@ def test_msg_lines_travel_alone_in_their_chunk(llama: Any) -> None:
             assert chunk.startswith("MSG ") and chunk.count("\n") == 1, chunk
 
 
-def test_predict_without_input_answers_in_band(llama: Any) -> None:
-    [(kind, data)] = parse_lines(llama.predict())
-    assert kind == "MSG" and data["stream_id"] is None
-    assert data["error"] == "invalid ops_batch_json: expected a JSON string, got null"
+def test_predict_without_any_input_is_a_clear_input_error(llama: Any) -> None:
+    """Neither ``prompt`` nor ``ops_batch_json``: the prediction fails with one sentence."""
+    with pytest.raises(TextInputError, match="prompt.*ops_batch_json"):
+        list(llama.predict())
     assert parse_lines(llama.predict(ops_batch_json="[]")) == []
 
 

@@ -1,0 +1,139 @@
+"""Text mode: a prompt in, generated text streamed out, on the same engine LMTP uses.
+
+The engine does the decoding (prefill, the KV-cached loop, greedy or seeded sampling, the
+repetition penalty) exactly as for an LMTP GENERATE op: a text request becomes one
+:class:`~.protocol.GenerateOp` on the formatted prompt's token ids. This module only adds what
+text needs around it:
+
+- ``min_new_tokens``: the first tokens are generated with every end-of-sequence id banned (a
+  logit bias of -inf), then generation goes on from there as one more engine call, resuming the
+  same stream (its tokens and its random generator) the way the engine resumes a stream after a
+  failed batch;
+- detokenisation and stop sequences (:mod:`.detokenize`): one chunk per decoded piece, never a
+  split character, never a stop sequence;
+- an end-of-sequence token ends the text and is not part of it.
+
+Problems with the request raise :class:`~.text_request.TextInputError`, and a generation that
+cannot go on raises :class:`TextGenerationError`: Cog then fails the prediction with that
+message, which is what Replicate's LLM clients expect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from .detokenize import IncrementalDetokenizer, StopSequenceFilter
+from .engine import Engine, GenerationStream, StreamError, TokenEvent
+from .prompt_format import FormattedPrompt, format_prompt
+from .protocol import GenerateOp
+from .text_request import TextInputError, TextRequest
+
+log = logging.getLogger(__name__)
+
+BANNED = float("-inf")
+
+
+class TextGenerationError(RuntimeError):
+    """The model could not go on generating (e.g. it produced NaN logits)."""
+
+
+class TextGenerator:
+    """Generates text for :class:`~.text_request.TextRequest` s. One prediction at a time."""
+
+    def __init__(self, engine: Engine, tokenizer: Any) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+
+    def generate(self, request: TextRequest) -> Iterator[str]:
+        """Yield the generated text piece by piece, as the tokens come.
+
+        Raises:
+            TextInputError: the prompt cannot be formatted, or does not fit the context window.
+            TextGenerationError: the model failed to produce a token.
+        """
+        started = time.monotonic()
+        prompt = format_prompt(self.tokenizer, request)
+        self._check_fits(prompt)
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        stops = StopSequenceFilter(request.stop_sequences)
+        generated, ending = 0, "an error"
+        events = self._tokens(prompt, request)
+        try:
+            for event in events:
+                generated += 1
+                if event.finish_reason == "stop":
+                    ending = "an end-of-sequence token"
+                    break  # it ends the text and is not part of it
+                piece = stops.push(detokenizer.push(event.token))
+                if piece:
+                    yield piece
+                if stops.stopped:
+                    ending = "a stop sequence"
+                    break
+            else:
+                ending = "the token limit or the context window"
+            if not stops.stopped:
+                # What was held back: an incomplete last character, or a stop sequence's start.
+                tail = stops.push(detokenizer.flush())
+                tail += stops.flush()
+                if tail:
+                    yield tail
+        finally:
+            events.close()  # stop decoding at once when the text ended early
+            log.info(
+                "text prediction: %d prompt tokens (%s), %d new tokens, ended by %s; %.3f s",
+                len(prompt.token_ids),
+                prompt.formatting,
+                generated,
+                ending,
+                time.monotonic() - started,
+            )
+
+    def _check_fits(self, prompt: FormattedPrompt) -> None:
+        window = self.engine.context_length
+        if window is not None and len(prompt.token_ids) > window:
+            raise TextInputError(
+                f"The prompt is {len(prompt.token_ids)} tokens once formatted, more than the "
+                f"model's context window of {window}: shorten the prompt."
+            )
+
+    def _tokens(self, prompt: FormattedPrompt, request: TextRequest) -> Iterator[TokenEvent]:
+        """Every generated token's event, across the banned-EOS phase and the free one."""
+        op = GenerateOp(
+            stream_id=None,
+            prompt=prompt.token_ids,
+            max_tokens=request.max_new_tokens,
+            top_logprobs=0,
+            sampling=request.sampling,
+        )
+        if request.min_new_tokens == 0:
+            yield from self._run(GenerationStream(op))
+            return
+        banned = tuple((token, BANNED) for token in sorted(self._eos_ids()))
+        first = GenerationStream(
+            replace(op, max_tokens=request.min_new_tokens, logit_bias=banned)
+        )
+        yield from self._run(first)
+        # Go on from the same tokens with the same random generator, as one stream would.
+        rest = GenerationStream(op, generated=first.generated, generator=first.generator)
+        if self._room_left(rest):
+            yield from self._run(rest)
+
+    def _run(self, stream: GenerationStream) -> Iterator[TokenEvent]:
+        for events in self.engine.generate([stream]):
+            for event in events:
+                if isinstance(event, StreamError):
+                    raise TextGenerationError(event.message)
+                yield event
+
+    def _room_left(self, stream: GenerationStream) -> bool:
+        """Whether ``stream`` may take another token: under its limit and inside the window."""
+        window = self.engine.context_length
+        return stream.wants_tokens and (window is None or len(stream.sequence) < window)
+
+    def _eos_ids(self) -> set[int]:
+        return {token for token in self.engine.eos_token_ids if 0 <= token < self.engine.vocab_size}

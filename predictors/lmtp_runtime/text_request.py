@@ -1,0 +1,224 @@
+"""Text mode's inputs, Replicate-LLM style: which mode a prediction is in, and a checked request.
+
+The one ``predict`` serves two kinds of caller. LMQL sends ``ops_batch_json`` (LMTP, token ids
+in and out); generic Replicate clients (the ``replicate`` package, LiteLLM, promptfoo) send a
+``prompt`` and the sampling inputs Replicate's LLMs share: ``max_new_tokens``, ``temperature``,
+``top_p``, ``top_k``, ``repetition_penalty``, ``stop_sequences``, ``seed`` and so on.
+
+Cog's schema rejects most out-of-range values with a 422 before the model runs, but a direct
+Python call (``predictor.predict(prompt="hi", top_p=0)``) and the bounds Cog cannot express
+(``top_p > 0``: Cog's ``Input`` has ``ge``/``le`` only) are checked here. Every problem is a
+:class:`TextInputError` naming the input: in text mode an exception out of ``predict`` is what
+Replicate's LLM clients expect (the prediction fails with that message), unlike LMTP, where LMQL
+only understands in-band error lines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .protocol import MAX_SEED, Sampling
+
+Mode = Literal["text", "lmtp"]
+
+DEFAULT_MAX_NEW_TOKENS = 128
+DEFAULT_MIN_NEW_TOKENS = 0
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = 0
+DEFAULT_REPETITION_PENALTY = 1.0
+MAX_NEW_TOKENS_ALIASES = ("max_length", "max_tokens")
+"""Other names of ``max_new_tokens``: older Replicate LLMs', and OpenAI-style clients'."""
+
+
+class TextInputError(ValueError):
+    """A text-mode input is missing, out of range or inconsistent; the message names it."""
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """One text prediction, checked: what to format, and how to decode."""
+
+    prompt: str
+    system_prompt: str | None = None
+    prompt_template: str | None = None
+    """``None``: the tokenizer's chat template, or the plain prompt (see :mod:`.prompt_format`)."""
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    min_new_tokens: int = DEFAULT_MIN_NEW_TOKENS
+    """End-of-sequence tokens are suppressed until this many tokens have been generated."""
+    sampling: Sampling = field(default_factory=Sampling)
+    stop_sequences: tuple[str, ...] = ()
+
+
+def choose_mode(*, prompt: object, ops_batch_json: object) -> Mode:
+    """``"text"`` for a ``prompt``, ``"lmtp"`` for ``ops_batch_json``; exactly one must be given.
+
+    An input is given unless it is ``None``, as for any optional Cog input. An empty
+    ``ops_batch_json`` is therefore LMTP, answered in band as invalid JSON (LMTP.md §5).
+
+    Raises:
+        TextInputError: both or neither were given.
+    """
+    if prompt is not None and ops_batch_json is not None:
+        raise TextInputError(
+            "Give either prompt (text generation) or ops_batch_json (LMTP, for LMQL), not both."
+        )
+    if prompt is None and ops_batch_json is None:
+        raise TextInputError(
+            "Give a prompt to generate text, or ops_batch_json to speak LMTP (as LMQL does)."
+        )
+    return "text" if prompt is not None else "lmtp"
+
+
+def text_request(
+    *,
+    prompt: object,
+    system_prompt: object = None,
+    prompt_template: object = None,
+    max_new_tokens: object = DEFAULT_MAX_NEW_TOKENS,
+    max_length: object = None,
+    max_tokens: object = None,
+    min_new_tokens: object = DEFAULT_MIN_NEW_TOKENS,
+    temperature: object = DEFAULT_TEMPERATURE,
+    top_p: object = DEFAULT_TOP_P,
+    top_k: object = DEFAULT_TOP_K,
+    repetition_penalty: object = DEFAULT_REPETITION_PENALTY,
+    stop_sequences: object = None,
+    seed: object = None,
+) -> TextRequest:
+    """Check the text-mode inputs of one prediction; ``None`` means "not given" for each.
+
+    Raises:
+        TextInputError: an input has the wrong type or is out of range (the message names it),
+            or the token limits contradict each other.
+    """
+    budget = _max_new_tokens(
+        {"max_new_tokens": max_new_tokens, "max_length": max_length, "max_tokens": max_tokens}
+    )
+    floor = _integer("min_new_tokens", min_new_tokens, DEFAULT_MIN_NEW_TOKENS, minimum=-1)
+    floor = max(floor, 0)  # -1 is Replicate's spelling of "no minimum"
+    if floor > budget:
+        raise TextInputError(
+            f"min_new_tokens ({floor}) is more than max_new_tokens ({budget}): lower it, or "
+            "raise max_new_tokens."
+        )
+    return TextRequest(
+        prompt=_text("prompt", prompt, required=True),
+        system_prompt=_text("system_prompt", system_prompt) or None,
+        prompt_template=_text("prompt_template", prompt_template) or None,
+        max_new_tokens=budget,
+        min_new_tokens=floor,
+        sampling=Sampling(
+            temperature=_number("temperature", temperature, DEFAULT_TEMPERATURE, minimum=0.0),
+            top_p=_number("top_p", top_p, DEFAULT_TOP_P, above=0.0, maximum=1.0),
+            top_k=_integer("top_k", top_k, DEFAULT_TOP_K, minimum=0),
+            repetition_penalty=_number(
+                "repetition_penalty", repetition_penalty, DEFAULT_REPETITION_PENALTY, above=0.0
+            ),
+            seed=_optional_integer("seed", seed, minimum=0, maximum=MAX_SEED),
+        ),
+        stop_sequences=parse_stop_sequences(_text("stop_sequences", stop_sequences)),
+    )
+
+
+def parse_stop_sequences(value: str | None) -> tuple[str, ...]:
+    """Replicate's comma-separated ``stop_sequences``, e.g. ``"<end>,<stop>"``; empty items dropped.
+
+    Items are kept exactly, spaces included: ``"\\nUser:"`` and ``" User:"`` are different stops.
+    """
+    if not value:
+        return ()
+    return tuple(item for item in value.split(",") if item)
+
+
+def _max_new_tokens(given: dict[str, object]) -> int:
+    """The token budget from ``max_new_tokens`` and its aliases, which must agree when given.
+
+    ``max_new_tokens`` counts as given only when it differs from its default: Cog always fills it
+    in, so a client that sends only ``max_length`` still gets ``max_new_tokens=128`` alongside.
+    """
+    values = {}
+    for name, value in given.items():
+        default = DEFAULT_MAX_NEW_TOKENS if name == "max_new_tokens" else None
+        number = _optional_integer(name, value, minimum=1)
+        if number is not None and number != default:
+            values[name] = number
+    if len(set(values.values())) > 1:
+        listed = ", ".join(f"{name}={number}" for name, number in values.items())
+        raise TextInputError(
+            f"The token limits disagree ({listed}): max_length and max_tokens are other names "
+            "for max_new_tokens, so give one of them."
+        )
+    return next(iter(values.values()), DEFAULT_MAX_NEW_TOKENS)
+
+
+def _text(name: str, value: object, *, required: bool = False) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise TextInputError(f"{name} must be a string, got {_describe(value)}.")
+    return value
+
+
+def _integer(name: str, value: object, default: int, *, minimum: int) -> int:
+    number = _optional_integer(name, value, minimum=minimum)
+    return default if number is None else number
+
+
+def _optional_integer(
+    name: str, value: object, *, minimum: int, maximum: int | None = None
+) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    in_range = (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= minimum
+        and (maximum is None or value <= maximum)
+    )
+    if not in_range:
+        bound = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise TextInputError(f"{name} must be an integer {bound}, got {_describe(value)}.")
+    return value  # type: ignore[return-value]
+
+
+def _number(
+    name: str,
+    value: object,
+    default: float,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+) -> float:
+    if value is None:
+        return default
+    in_range = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (minimum is None or value >= minimum)
+        and (above is None or value > above)
+        and (maximum is None or value <= maximum)
+    )
+    if not in_range:
+        bounds = [
+            f"at least {minimum:g}" if minimum is not None else None,
+            f"above {above:g}" if above is not None else None,
+            f"at most {maximum:g}" if maximum is not None else None,
+        ]
+        wanted = " and ".join(bound for bound in bounds if bound) or "finite"
+        raise TextInputError(f"{name} must be a number {wanted}, got {_describe(value)}.")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, bool | int | float) or value is None:
+        return repr(value)
+    return f"a {type(value).__name__}"
