@@ -10,12 +10,24 @@ would differ from the same op run alone.
 The decode loop owns its KV cache (a transformers ``DynamicCache`` passed as
 ``past_key_values``); ``model.generate`` is never called, so the checkpoint's
 generation_config.json cannot change decoding.
+
+Across predictions, the engine keeps the KV of the sequences it has fed in a
+:class:`~.prefix_cache.PrefixCache`. A row whose prompt starts with a cached sequence feeds only
+the rest: its cached prefix is laid out left-padded in front of the batch's (also left-padded)
+new tokens, so a batch mixing hits and misses is still one forward pass::
+
+    row with a hit:   [pad][cached prefix][pad][new tokens]
+    row without:      [pad             ][pad][whole prompt]
+
+The attention mask may thus have a hole in the middle of a row; position ids counted from the
+mask, as for left padding, keep every row's numbers those of the row alone.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +36,18 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from .prefix_cache import (
+    MIB,
+    KeysValues,
+    PrefixCache,
+    PrefixHit,
+    budget_bytes,
+    supports_prefix_reuse,
+)
 from .protocol import FinishReason, GenerateOp, ScoreOp
 from .sampling import LOGPROB_FLOOR, BatchSampler, Choice, make_generator
+
+log = logging.getLogger(__name__)
 
 NAN_MESSAGE = (
     "the model produced NaN logits (a numerical overflow; loading it with torch_dtype "
@@ -132,20 +154,75 @@ class DecodeBatch:
 
     @classmethod
     def prefill(
-        cls, model: Any, sequences: Sequence[Sequence[int]], *, device: torch.device
+        cls,
+        model: Any,
+        sequences: Sequence[Sequence[int]],
+        *,
+        device: torch.device,
+        prefixes: Sequence[PrefixHit | None] | None = None,
     ) -> tuple[DecodeBatch, torch.Tensor]:
         """Run the prompts; return the batch and each row's next-token logits, ``[rows, vocab]``."""
-        input_ids, attention_mask, position_ids = left_pad(sequences, device=device)
-        cache = DynamicCache(config=model.config)
-        logits = forward(model, input_ids, attention_mask, position_ids, cache=cache, keep=1)
+        batch, logits = cls.feed(model, sequences, device=device, prefixes=prefixes, keep=1)
+        return batch, logits[:, -1]
+
+    @classmethod
+    def feed(
+        cls,
+        model: Any,
+        sequences: Sequence[Sequence[int]],
+        *,
+        device: torch.device,
+        prefixes: Sequence[PrefixHit | None] | None = None,
+        keep: int,
+    ) -> tuple[DecodeBatch, torch.Tensor]:
+        """Feed ``sequences``, each on top of its cached prefix; logits ``[rows, keep, vocab]``.
+
+        Args:
+            prefixes: per row, cached KV of the sequence's first tokens (``None``: no hit).
+                Only the tokens after it are computed. It must leave at least ``keep`` tokens
+                of the row to feed: those are the positions whose logits are returned.
+            keep: how many last positions' logits to return.
+        """
+        hits = list(prefixes) if prefixes is not None else [None] * len(sequences)
+        reused = [hit.length if hit is not None else 0 for hit in hits]
+        input_ids, new_mask, _ = left_pad(
+            [sequence[length:] for sequence, length in zip(sequences, reused, strict=True)],
+            device=device,
+        )
+        cache, prefix_mask = seeded_cache(model, hits, device=device)
+        attention_mask = torch.cat([prefix_mask, new_mask], dim=-1)
+        # Positions count each row's own tokens, cached ones included, across the hole.
+        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)[:, prefix_mask.shape[1] :]
+        logits = forward(model, input_ids, attention_mask, position_ids, cache=cache, keep=keep)
         batch = cls(
             model, cache=cache, attention_mask=attention_mask, lengths=attention_mask.sum(dim=-1)
         )
-        return batch, logits[:, -1]
+        return batch, logits
 
     @property
     def rows(self) -> int:
         return self.attention_mask.shape[0]
+
+    def row_keys_values(self, row: int) -> KeysValues:
+        """Row ``row``'s keys and values over the tokens it has fed, ``[1, heads, fed, dim]``.
+
+        A lone row without padding hands over its cache tensors as they are (no copy): the
+        batch never writes into them, it only replaces them with bigger ones. Otherwise the
+        row's unmasked columns are gathered into new tensors.
+        """
+        if self.rows == 1 and bool(self.attention_mask.all()):
+            return tuple((layer.keys, layer.values) for layer in self.cache.layers)
+        columns = self.attention_mask[row].nonzero().squeeze(-1)
+        gathered = []
+        for layer in self.cache.layers:
+            index = columns.to(layer.keys.device)
+            gathered.append(
+                (
+                    layer.keys[row : row + 1].index_select(-2, index),
+                    layer.values[row : row + 1].index_select(-2, index),
+                )
+            )
+        return tuple(gathered)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (``[rows]``); return the next-token logits (``[rows, vocab]``)."""
@@ -166,6 +243,46 @@ class DecodeBatch:
         self.cache.batch_select_indices(index)
         self.attention_mask = self.attention_mask[index]
         self.lengths = self.lengths[index]
+
+
+def seeded_cache(
+    model: Any, prefixes: Sequence[PrefixHit | None], *, device: torch.device
+) -> tuple[DynamicCache, torch.Tensor]:
+    """A cache holding each row's cached prefix, left-padded; and its mask, ``[rows, width]``.
+
+    Padded columns hold zeros (masked, so never attended to). The prefixes are copied into the
+    batch's own tensors, except a lone row's, which the cache takes as views: its first update
+    concatenates them into a new tensor, so the stored entry is never written to.
+    """
+    lengths = [hit.length if hit is not None else 0 for hit in prefixes]
+    width = max(lengths, default=0)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, width - length :] = 1
+    cache = DynamicCache(config=model.config)
+    if width == 0:
+        return cache, mask.to(device)
+    for index, layer in enumerate(cache.layers):
+        parts = [None if hit is None else hit.layer(index) for hit in prefixes]
+        if len(parts) == 1:
+            [(keys, values)] = parts  # a lone row's prefix fills the width: no padding
+        else:
+            keys = _left_padded([None if part is None else part[0] for part in parts], width)
+            values = _left_padded([None if part is None else part[1] for part in parts], width)
+        # DynamicLayer's own state, set as its first update would, without that update's copy.
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+    return cache, mask.to(device)
+
+
+def _left_padded(parts: Sequence[torch.Tensor | None], width: int) -> torch.Tensor:
+    """``[rows, heads, width, dim]``: each row's ``[1, heads, n, dim]`` part at its end."""
+    like = next(part for part in parts if part is not None)
+    batch = like.new_zeros((len(parts), like.shape[1], width, like.shape[3]))
+    for row, part in enumerate(parts):
+        if part is not None:
+            batch[row, :, width - part.shape[-2] :] = part[0]
+    return batch
 
 
 def forward(
@@ -212,32 +329,74 @@ class Engine:
         vocab_size: int,
         context_length: int | None,
         eos_token_ids: Sequence[int],
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
+        """
+        Args:
+            prefix_cache: where fed sequences' KV is kept for later prompts that share a
+                prefix; ``None`` computes every prompt in full.
+        """
         self.model = model
         self.vocab_size = vocab_size
         self.context_length = context_length
         self.eos_token_ids = frozenset(eos_token_ids)
         self.input_device = model.get_input_embeddings().weight.device
+        self.prefix_cache = prefix_cache
 
     @classmethod
     def start(
-        cls, model: Any, *, context_length: int | None, eos_token_ids: Sequence[int]
+        cls,
+        model: Any,
+        *,
+        context_length: int | None,
+        eos_token_ids: Sequence[int],
+        prefix_cache_mb: int | None = None,
+        prefix_cache_gpu_share: float | None = None,
     ) -> Engine:
         """Run a one-token warm-up forward and return an engine sized by its logits.
 
         The vocabulary size is what the logits say, not config.json: some checkpoints pad the
-        embedding matrix beyond the tokenizer, and those ids are valid model outputs.
+        embedding matrix beyond the tokenizer, and those ids are valid model outputs. The
+        warm-up also shows whether the model's KV cache can be reused across prompts.
+
+        Args:
+            prefix_cache_mb: the prefix cache's budget in MiB (``serve.prefix_cache_mb``);
+                ``0`` disables reuse, ``None`` takes a share of free GPU memory or 1 GiB.
+            prefix_cache_gpu_share: that share (``serve.prefix_cache_gpu_share``), on CUDA.
         """
         device = model.get_input_embeddings().weight.device
         with torch.inference_mode():
             probe = torch.zeros((1, 1), dtype=torch.long, device=device)
-            logits = forward(model, probe, torch.ones_like(probe), probe, cache=None, keep=1)
+            cache = DynamicCache(config=model.config)
+            logits = forward(model, probe, torch.ones_like(probe), probe, cache=cache, keep=1)
+        budget = budget_bytes(
+            device=device, size_mb=prefix_cache_mb, gpu_share=prefix_cache_gpu_share
+        )
+        prefix_cache = None
+        if budget <= 0:
+            log.info("prefix cache: off (its budget is 0)")
+        elif not _reusable(model, cache):
+            log.info("prefix cache: off (%s has no croppable KV cache)", type(model).__name__)
+        else:
+            prefix_cache = PrefixCache(budget_bytes=budget)
+            log.info("prefix cache: up to %.0f MiB of KV kept across predictions", budget / MIB)
         return cls(
             model,
             vocab_size=logits.shape[-1],
             context_length=context_length,
             eos_token_ids=eos_token_ids,
+            prefix_cache=prefix_cache,
         )
+
+    @property
+    def reused_prompt_tokens(self) -> int:
+        """Prompt tokens taken from the prefix cache instead of computed, so far."""
+        return 0 if self.prefix_cache is None else self.prefix_cache.reused_tokens
+
+    def forget_prefixes(self) -> None:
+        """Empty the prefix cache, e.g. to free memory for a batch that ran out of it."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     # GENERATE
 
@@ -247,15 +406,15 @@ class Engine:
         """Decode ``streams`` together, yielding every step's events as soon as they are known.
 
         Each stream's state is updated before its event is yielded, so if a later step raises,
-        the caller can resume the unfinished streams from exactly where they stopped.
+        the caller can resume the unfinished streams from exactly where they stopped. A stream
+        that finishes leaves what it fed in the prefix cache, before its last event is yielded.
         """
         active = [stream for stream in streams if stream.wants_tokens]
         if not active:
             return
         with torch.inference_mode():
-            batch, logits = DecodeBatch.prefill(
-                self.model, [s.sequence for s in active], device=self.input_device
-            )
+            batch, logits = self._feed([s.sequence for s in active], keep=[1] * len(active))
+            logits = logits[:, -1]
             for stream in active:
                 if stream.generator is None and not stream.op.sampling.greedy:
                     stream.generator = make_generator(stream.op.sampling.seed, logits.device)
@@ -270,6 +429,11 @@ class Engine:
             with torch.inference_mode():
                 choice = sampler.choose(logits)
             events = [self._advance(stream, choice, row) for row, stream in enumerate(active)]
+            with torch.inference_mode():
+                for row, event in enumerate(events):
+                    if isinstance(event, TokenEvent) and event.stream.finished:
+                        # The last token was chosen, never fed: the cache holds all but it.
+                        self._remember(event.stream.sequence[:-1], batch, row)
             yield events
             going = [row for row, stream in enumerate(active) if not stream.finished]
             if not going:
@@ -313,22 +477,22 @@ class Engine:
         """Score all ``ops`` in one forward pass: ``log_softmax(logits)[scored[j]]`` for every j.
 
         Row ``i`` feeds ``prompt + scored[:-1]``; left-padded, its scored tokens are predicted
-        by the last ``len(scored)`` positions of every row alike.
+        by the last ``len(scored)`` positions of every row alike. What a row feeds goes to the
+        prefix cache: ``distribution`` scores several continuations of one prompt.
         """
         results = [ScoreResult(op) for op in ops]  # what an empty `scored` gets: no tokens
         todo = [index for index, op in enumerate(ops) if op.scored]
         if not todo:
             return results
-        keep = max(len(ops[index].scored) for index in todo)
         with torch.inference_mode():
-            sequences = [[*ops[index].prompt, *ops[index].scored[:-1]] for index in todo]
-            input_ids, attention_mask, position_ids = left_pad(sequences, device=self.input_device)
-            logits = forward(
-                self.model, input_ids, attention_mask, position_ids, cache=None, keep=keep
-            )
+            sequences = [(*ops[index].prompt, *ops[index].scored[:-1]) for index in todo]
+            batch, logits = self._feed(sequences, keep=[len(ops[index].scored) for index in todo])
+            keep = logits.shape[1]
             for row, index in enumerate(todo):
                 op = ops[index]
                 results[index] = self._score_row(op, logits[row, keep - len(op.scored) :])
+                if results[index].error is None:
+                    self._remember(sequences[row], batch, row)
         return results
 
     @staticmethod
@@ -339,3 +503,32 @@ class Engine:
         if any(math.isnan(value) for value in values):
             return ScoreResult(op, error=NAN_MESSAGE)
         return ScoreResult(op, logprobs=tuple(values))
+
+    # the prefix cache
+
+    def _feed(
+        self, sequences: Sequence[Sequence[int]], *, keep: Sequence[int]
+    ) -> tuple[DecodeBatch, torch.Tensor]:
+        """Feed ``sequences`` on top of their longest cached prefixes; logits of the last
+        ``max(keep)`` positions. Row ``i``'s last ``keep[i]`` tokens are always computed."""
+        prefixes = [
+            None
+            if self.prefix_cache is None
+            else self.prefix_cache.longest_prefix(sequence, limit=len(sequence) - need)
+            for sequence, need in zip(sequences, keep, strict=True)
+        ]
+        return DecodeBatch.feed(
+            self.model, sequences, device=self.input_device, prefixes=prefixes, keep=max(keep)
+        )
+
+    def _remember(self, tokens: Sequence[int], batch: DecodeBatch, row: int) -> None:
+        """Keep row ``row``'s KV (it fed exactly ``tokens``) for later prompts."""
+        if self.prefix_cache is not None and not self.prefix_cache.holds(tokens):
+            self.prefix_cache.add(tokens, batch.row_keys_values(row))
+
+
+def _reusable(model: Any, probe: DynamicCache) -> bool:
+    """Whether ``probe`` (after a forward) can be reused, and a fresh cache has its layers up
+    front, so :func:`seeded_cache` can fill them."""
+    fresh = DynamicCache(config=model.config)
+    return supports_prefix_reuse(probe) and len(fresh.layers) == len(probe.layers)

@@ -5,8 +5,9 @@ an empty result and an obscure ``IndexError`` later), so everything here answers
 
 - a malformed batch → one ``MSG`` error with a null stream id, and nothing else;
 - a bad op → one error line for that op; the others run;
-- a batch that fails while computing (e.g. CUDA out of memory) → its streams are retried one
-  by one, each from where it stopped; those that still fail get an error line.
+- a batch that fails while computing (e.g. CUDA out of memory) → the prefix cache is emptied
+  (its memory may be what the batch lacked), and the streams are retried one by one, each from
+  where it stopped; those that still fail get an error line.
 
 Order of answers: rejected ops and MODEL_INFO at once, then SCORE batches, then GENERATE
 batches, each step's tokens streamed as one chunk as soon as they are computed. A ``MSG`` line
@@ -54,13 +55,17 @@ class _Tally:
     commands: Counter[str] = field(default_factory=Counter)
     tokens: int = 0
     failures: int = 0
+    reused: int = 0
+    """Prompt tokens taken from the prefix cache instead of computed."""
     started: float = field(default_factory=time.monotonic)
 
     def summary(self) -> str:
         ops = ", ".join(f"{count} {name}" for name, count in sorted(self.commands.items()))
         return (
             f"LMTP prediction: ops {ops or 'none'}; {self.tokens} tokens; "
-            f"{self.failures} failed computations; {time.monotonic() - self.started:.3f} s"
+            f"{self.failures} failed computations; "
+            f"{self.reused} prompt tokens from the prefix cache; "
+            f"{time.monotonic() - self.started:.3f} s"
         )
 
 
@@ -68,16 +73,25 @@ class LmtpServer:
     """Answers LMTP op batches for one engine. One prediction at a time."""
 
     def __init__(
-        self, engine: Engine, *, model_info: Mapping[str, Any], max_batch_size: int
+        self,
+        engine: Engine,
+        *,
+        model_info: Mapping[str, Any],
+        max_batch_size: int,
+        log_predictions: bool = True,
     ) -> None:
         self.engine = engine
         self.model_info = dict(model_info)
         self.max_batch_size = max_batch_size
+        # LMQL's Replicate client parses a prediction's log events as LMTP lines: the summary
+        # goes to DEBUG unless the model's settings ask for it.
+        self.summary_level = logging.INFO if log_predictions else logging.DEBUG
         self.limits = Limits(vocab_size=engine.vocab_size, context_length=engine.context_length)
 
     def serve(self, ops_batch_json: object) -> Iterator[str]:
         """Yield chunks of whole ``TOKEN``/``MSG`` lines answering ``ops_batch_json``."""
         tally = _Tally()
+        reused_before = self.engine.reused_prompt_tokens
         try:
             yield from self._serve(ops_batch_json, tally)
         except Exception as error:
@@ -89,7 +103,8 @@ class LmtpServer:
                 kind="MSG",
             )
         finally:
-            log.info("%s", tally.summary())
+            tally.reused = self.engine.reused_prompt_tokens - reused_before
+            log.log(self.summary_level, "%s", tally.summary())
 
     def _serve(self, ops_batch_json: object, tally: _Tally) -> Iterator[str]:
         try:
@@ -121,6 +136,14 @@ class LmtpServer:
         for start in range(0, len(ordered), self.max_batch_size):
             yield ordered[start : start + self.max_batch_size]
 
+    def _recover(self, error: Exception, command: str, streams: int) -> None:
+        """Log a failed computation (the traceback goes to the log, never into a line) and free
+        what memory can be freed before the retry: the prefix cache and what the batch left."""
+        log.error("%s batch of %d stream(s) failed", command, streams, exc_info=error)
+        self.engine.forget_prefixes()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     # SCORE
 
     def _score(self, ops: list[ScoreOp], tally: _Tally) -> Iterator[str]:
@@ -128,7 +151,7 @@ class LmtpServer:
             results = self.engine.score(ops)
         except Exception as error:
             tally.failures += 1
-            _log_failure(error, "SCORE", len(ops))
+            self._recover(error, "SCORE", len(ops))
             results = (
                 [self._score_alone(op, tally) for op in ops]
                 if len(ops) > 1
@@ -145,7 +168,7 @@ class LmtpServer:
             return self.engine.score([op])[0]
         except Exception as error:
             tally.failures += 1
-            _log_failure(error, "SCORE", 1)
+            self._recover(error, "SCORE", 1)
             return _failed(op, error)
 
     # GENERATE
@@ -156,7 +179,7 @@ class LmtpServer:
             return
         except Exception as error:
             tally.failures += 1
-            _log_failure(error, "GENERATE", len(streams))
+            self._recover(error, "GENERATE", len(streams))
             if len(streams) == 1:
                 yield _stream_failed(streams[0], error)
                 return
@@ -168,7 +191,7 @@ class LmtpServer:
                 yield from self._stream_events([stream], tally)
             except Exception as error:
                 tally.failures += 1
-                _log_failure(error, "GENERATE", 1)
+                self._recover(error, "GENERATE", 1)
                 yield _stream_failed(stream, error)
 
     def _stream_events(self, streams: list[GenerationStream], tally: _Tally) -> Iterator[str]:
@@ -228,10 +251,3 @@ def _stream_failed(stream: GenerationStream, error: Exception) -> str:
     return error_line(
         stream.op.stream_id, f"computing this stream failed ({describe_exception(error)})"
     )
-
-
-def _log_failure(error: Exception, command: str, streams: int) -> None:
-    """The traceback goes to the log (never into a line); free what a failed batch left behind."""
-    log.error("%s batch of %d stream(s) failed", command, streams, exc_info=error)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

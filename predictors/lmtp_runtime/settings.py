@@ -57,6 +57,18 @@ class ModelSettings:
     huggingface: HubSource = field(default_factory=HubSource)
     load: LoadOptions = field(default_factory=LoadOptions)
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    prefix_cache_mb: int | None = None
+    """``serve.prefix_cache_mb``: MiB of KV cache kept across predictions for prompts that share
+    a prefix (LMQL re-sends its whole growing prompt on every call); ``0`` turns reuse off.
+    ``None`` (absent): ``prefix_cache_gpu_share`` of the GPU memory free after loading on CUDA,
+    ``prefix_cache.CPU_BUDGET_MB`` on a CPU."""
+    prefix_cache_gpu_share: float | None = None
+    """``serve.prefix_cache_gpu_share``: that share, in ``(0, 1)``; ``None``:
+    ``prefix_cache.GPU_BUDGET_SHARE``."""
+    log_predictions: bool = False
+    """``serve.log_predictions``: log one INFO line per LMTP prediction. Off by default because
+    LMQL's Replicate client reads every log line of a prediction's event stream as an LMTP line
+    (and warns about each); text-mode predictions are always logged."""
     destination: str | None = None
     lmtp_cog_version: str | None = None
 
@@ -104,6 +116,17 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
         raise SettingsError(
             f"{origin}: key 'serve.max_batch_size' must be at least 1, got {max_batch_size}."
         )
+    prefix_cache_mb = serve.get("prefix_cache_mb", int)
+    if prefix_cache_mb is not None and prefix_cache_mb < 0:
+        raise SettingsError(
+            f"{origin}: key 'serve.prefix_cache_mb' must be 0 (off) or more, got {prefix_cache_mb}."
+        )
+    gpu_share = serve.get("prefix_cache_gpu_share", (int, float))
+    if gpu_share is not None and not 0 < gpu_share < 1:
+        raise SettingsError(
+            f"{origin}: key 'serve.prefix_cache_gpu_share' must be between 0 and 1, "
+            f"got {gpu_share}."
+        )
     return ModelSettings(
         name=fields.get("name", str, required=True),
         checkpoint_dir=checkpoint_dir
@@ -123,6 +146,9 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
             use_safetensors=load.get("use_safetensors", bool),
         ),
         max_batch_size=max_batch_size,
+        prefix_cache_mb=prefix_cache_mb,
+        prefix_cache_gpu_share=None if gpu_share is None else float(gpu_share),
+        log_predictions=serve.get("log_predictions", bool, default=False),
         destination=fields.get("destination", str),
         lmtp_cog_version=fields.get("lmtp_cog_version", str),
     )
@@ -136,16 +162,25 @@ class _Fields:
         self._origin = origin
         self._prefix = prefix
 
-    def get(self, key: str, kind: type, *, default: Any = None, required: bool = False) -> Any:
+    def get(
+        self,
+        key: str,
+        kind: type | tuple[type, ...],
+        *,
+        default: Any = None,
+        required: bool = False,
+    ) -> Any:
         value = self._data.get(key)
         if value is None:
             if required:
                 raise SettingsError(f"{self._origin}: key '{self._prefix}{key}' is missing.")
             return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
         # bool is an int in Python; a settings file saying `"max_batch_size": true` is a mistake.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            names = " or ".join(k.__name__ for k in kinds)
             raise SettingsError(
-                f"{self._origin}: key '{self._prefix}{key}' must be {kind.__name__}, "
+                f"{self._origin}: key '{self._prefix}{key}' must be {names}, "
                 f"got {json.dumps(value)}."
             )
         return value
