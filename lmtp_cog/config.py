@@ -64,6 +64,12 @@ class ModelArgs:
     attn_implementation: str | None = None
     max_batch_size: int = 8
     """Most LMTP streams computed in one forward pass."""
+    prefix_cache_mb: int | None = None
+    """MiB of KV cache kept across predictions for prompts sharing a prefix; 0 turns reuse off.
+    ``None``: a quarter of the GPU memory free after loading (1 GiB on a CPU)."""
+    log_predictions: bool = False
+    """Log one line per LMTP prediction. Off by default: LMQL's Replicate client reads a
+    prediction's log events as protocol lines and warns about each."""
 
     @property
     def quantization(self) -> str:
@@ -236,6 +242,12 @@ def _positive_integer(value: object) -> int:
     return value
 
 
+def _non_negative_integer(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _Invalid(f"expected a whole number of at least 0, got {_describe(value)}")
+    return value
+
+
 def _one_of(choices: Sequence[str]) -> _Reader:
     listed = ", ".join(repr(choice) for choice in choices)
 
@@ -345,6 +357,8 @@ _MODEL_ARGS_KEYS: Mapping[str, _Key] = {
     "device_map": _Key("device_map", _text),
     "attn_implementation": _Key("attn_implementation", _text),
     "max_batch_size": _Key("max_batch_size", _positive_integer),
+    "prefix_cache_mb": _Key("prefix_cache_mb", _non_negative_integer),
+    "log_predictions": _Key("log_predictions", _boolean),
 }
 _COG_KEYS: Mapping[str, _Key] = {
     "gpu": _Key("gpu", _boolean),

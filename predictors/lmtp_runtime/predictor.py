@@ -131,7 +131,13 @@ class LmtpPredictor(_CogBase):
             loaded = load_model(settings)
             window = context_length(loaded.model.config, loaded.tokenizer)
             eos = eos_token_ids(loaded.model, loaded.tokenizer)
-            engine = Engine.start(loaded.model, context_length=window, eos_token_ids=eos)
+            engine = Engine.start(
+                loaded.model,
+                context_length=window,
+                eos_token_ids=eos,
+                prefix_cache_mb=settings.prefix_cache_mb,
+                prefix_cache_gpu_share=settings.prefix_cache_gpu_share,
+            )
         except RuntimeSetupError:
             raise
         except Exception as error:
@@ -143,7 +149,12 @@ class LmtpPredictor(_CogBase):
             settings, loaded, vocab_size=engine.vocab_size, context_length=window, eos_token_ids=eos
         )
         self.settings, self.model, self.tokenizer = settings, loaded.model, loaded.tokenizer
-        self._server = LmtpServer(engine, model_info=info, max_batch_size=settings.max_batch_size)
+        self._server = LmtpServer(
+            engine,
+            model_info=info,
+            max_batch_size=settings.max_batch_size,
+            log_predictions=settings.log_predictions,
+        )
         self._text = TextGenerator(engine, loaded.tokenizer)
         log.info(
             "ready: vocabulary %d, context window %s, end-of-sequence ids %s, batches of up to %d",

@@ -878,3 +878,19 @@ def test_project_config_looks_models_up_by_name(write) -> None:
     assert config.model("tiny") is config.models[0]
     with pytest.raises(KeyError):
         config.model("absent")
+
+
+def test_serving_keys_reach_the_model_args(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'dest_prefix = "r8.im/alice/"\n[models.m]\nhuggingface.repo = "acme/x"\n'
+        "config.prefix_cache_mb = 0\nconfig.log_predictions = true\n"
+    )
+    args = load_config(path).models[0].args
+    assert (args.prefix_cache_mb, args.log_predictions) == (0, True)
+    path.write_text(
+        'dest_prefix = "r8.im/alice/"\n[models.m]\nhuggingface.repo = "acme/x"\n'
+        "config.prefix_cache_mb = -1\n"
+    )
+    with pytest.raises(ConfigErrors, match="prefix_cache_mb.*at least 0"):
+        load_config(path)

@@ -282,7 +282,7 @@ def test_model_settings_document(tmp_path: Path, runtime_dir: Path):
             "attn_implementation": None,
             "use_safetensors": None,
         },
-        "serve": {"max_batch_size": 8},
+        "serve": {"max_batch_size": 8, "prefix_cache_mb": None, "log_predictions": False},
         "lmtp_cog_version": "0.1.0",
     }
 

@@ -17,7 +17,12 @@ FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def settings_dict(
-    checkpoint_dir: Path, *, quantization: str = "none", max_batch_size: int = 8, **load: Any
+    checkpoint_dir: Path,
+    *,
+    quantization: str = "none",
+    max_batch_size: int = 8,
+    log_predictions: bool = False,
+    **load: Any,
 ) -> dict[str, Any]:
     """``model_settings.json`` as the builder writes it, for a local checkpoint."""
     return {
@@ -35,7 +40,7 @@ def settings_dict(
             "use_safetensors": None,
             **load,
         },
-        "serve": {"max_batch_size": max_batch_size},
+        "serve": {"max_batch_size": max_batch_size, "log_predictions": log_predictions},
         "lmtp_cog_version": "0.1.0",
     }
 

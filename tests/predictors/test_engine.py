@@ -640,7 +640,7 @@ def _assert_same(got: Sequence[dict[str, Any]], want: Sequence[dict[str, Any]]) 
 def test_a_batch_that_fails_is_retried_stream_by_stream(
     fresh_llama: Any, llama: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="lmtp_runtime")
+    caplog.set_level(logging.DEBUG, logger="lmtp_runtime")
     handle = fail_when(fresh_llama.model, lambda input_ids: input_ids.shape[0] > 1)
     try:
         lines = run(fresh_llama, MIXED_OPS)
@@ -780,15 +780,30 @@ def test_a_predictor_that_is_not_set_up_answers_in_band() -> None:
     assert (kind, data) == ("MSG", {"stream_id": None, "error": NOT_READY})
 
 
-def test_each_prediction_logs_one_summary_line(
+def _serving_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "lmtp_runtime.serving"]
+
+
+def test_each_prediction_logs_one_summary_line_when_asked(
+    llama_dir: Path, load_predictor: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    logging_predictor = load_predictor(llama_dir, log_predictions=True)
+    caplog.set_level(logging.INFO, logger="lmtp_runtime")
+    ops = [generate(PROMPTS[0], max_tokens=4), score(PROMPTS[1], [3, 4]), ["NOPE", {}]]
+    run(logging_predictor, ops)
+    [summary] = _serving_records(caplog)
+    assert summary.levelno == logging.INFO
+    assert "1 GENERATE, 1 SCORE, 1 rejected; 6 tokens; 0 failed computations" in summary.getMessage()
+
+
+def test_lmtp_predictions_log_nothing_at_info_by_default(
     llama: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="lmtp_runtime")
-    run(llama, [generate(PROMPTS[0], max_tokens=4), score(PROMPTS[1], [3, 4]), ["NOPE", {}]])
-    [summary] = [
-        record.getMessage() for record in caplog.records if record.name == "lmtp_runtime.serving"
-    ]
-    assert "1 GENERATE, 1 SCORE, 1 rejected; 6 tokens; 0 failed computations" in summary
+    """LMQL's Replicate client would read an INFO line of a prediction as an LMTP line."""
+    caplog.set_level(logging.DEBUG, logger="lmtp_runtime")
+    run(llama, [generate(PROMPTS[0], max_tokens=2)])
+    [summary] = _serving_records(caplog)
+    assert summary.levelno == logging.DEBUG
 
 
 def test_model_info_reports_the_runtime_version_of_the_package() -> None:
