@@ -18,6 +18,7 @@ from .checkpoints import link_checkpoints
 from .config import ModelSpec, ProjectConfig, load_config
 from .errors import ConfigError, UnsupportedModelError
 from .lockfile import Lockfile, lockfile_path
+from .prequantize import prequantize_project
 from .render import render_project
 from .resolution import ResolvedModel
 from .workdir import install, staging_area, trees_equal
@@ -38,6 +39,8 @@ class BuildOptions:
     dry_run: bool = False
     offline: bool = False
     update: bool = False
+    prequantize: bool = False
+    """Ship bitsandbytes-quantized weights for 8-bit/4-bit models (see :mod:`.prequantize`)."""
 
 
 @dataclass
@@ -95,6 +98,11 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
                 with_push=config.dest_prefix is not None,
             )
             link_checkpoints(fetched[model.name], out / "checkpoints")
+            if options.prequantize:
+                done = prequantize_project(
+                    out, model=model, resolved=resolved[model.name], installed=work_dir / model.name
+                )
+                report(done.summary())
             staged[model.name] = out
         # At this point every model staged without error: install them.
         for model in models:

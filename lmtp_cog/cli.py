@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-resolve revisions instead of using the commits in the lock file",
     )
     parser.add_argument(
+        "--prequantize", action="store_true",
+        help="for 8-bit/4-bit models, ship weights quantized now instead of at every boot",
+    )
+    parser.add_argument(
         "--list", action="store_true", help="list the models in the configuration and exit",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
@@ -75,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dry_run=args.dry_run,
                 offline=args.offline,
                 update=args.update,
+                prequantize=args.prequantize,
             ),
             report=_say,
         )

@@ -18,7 +18,8 @@ generated code does, and the runtime in ``predictors/lmtp_runtime`` codes agains
      "lmtp_cog_version": "0.1.0"}
 
 ``format`` changes only when a key changes meaning or disappears, so a runtime can refuse a file
-it does not understand.
+it does not understand. ``./build --prequantize`` adds ``"prequantized": true`` to ``load`` (see
+:func:`prequantized_settings`); absent means false, so other projects' files stay as they were.
 """
 
 from __future__ import annotations
@@ -77,6 +78,15 @@ def model_settings(
         },
         "lmtp_cog_version": __version__,
     }
+
+
+def prequantized_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` for a project whose ``checkpoints/`` holds weights quantized at build time.
+
+    The runtime then loads them as saved (their config.json carries the ``quantization_config``)
+    instead of quantizing at every boot; ``load.quantization`` still says which kind they are.
+    """
+    return {**settings, "load": {**settings["load"], "prequantized": True}}
 
 
 def settings_text(settings: dict[str, Any]) -> str:

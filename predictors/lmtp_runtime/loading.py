@@ -40,6 +40,8 @@ class LoadedModel:
     """The dtype of the non-quantized weights (and the 4-bit compute dtype)."""
     device: str
     """Where the weights are: ``"cpu"``, ``"cuda:0"``, or several devices joined by commas."""
+    prequantized: bool = False
+    """The weights were quantized at build time and loaded as saved (``load.prequantized``)."""
 
 
 def load_model(settings: ModelSettings) -> LoadedModel:
@@ -58,16 +60,20 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     options = settings.load
     config = _read_config(directory, options)
     _require_causal_lm(config, directory)
+    if options.prequantized:
+        _require_saved_quantization(config, directory)
 
     on_gpu = torch.cuda.is_available()
     dtype = choose_dtype(options, config, on_gpu=on_gpu)
     kwargs = from_pretrained_kwargs(options, dtype, on_gpu=on_gpu)
     log.info(
-        "loading %s (%s) from %s: quantization=%s, dtype=%s, device_map=%s, attn_implementation=%s",
+        "loading %s (%s) from %s: quantization=%s%s, dtype=%s, device_map=%s, "
+        "attn_implementation=%s",
         settings.name,
         config.model_type,
         directory,
         options.quantization,
+        " (pre-quantized at build time)" if options.prequantized else "",
         _dtype_name(dtype),
         kwargs.get("device_map", "none (cpu)"),
         options.attn_implementation or "default",
@@ -93,6 +99,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         quantization=options.quantization,
         dtype=dtype,
         device=device,
+        prequantized=options.prequantized,
     )
 
 
@@ -123,7 +130,11 @@ def from_pretrained_kwargs(
         "local_files_only": True,
         "trust_remote_code": options.trust_remote_code,
     }
-    quantization = quantization_config(options.quantization, dtype)
+    # A pre-quantized checkpoint's config.json holds the quantization_config it was saved with;
+    # transformers reads it from there, and a second one passed here would only conflict.
+    quantization = (
+        None if options.prequantized else quantization_config(options.quantization, dtype)
+    )
     if quantization is not None:
         # transformers 5 refuses a bare load_in_8bit=True keyword: it must be a config object.
         kwargs["quantization_config"] = quantization
@@ -186,6 +197,16 @@ def _require_causal_lm(config: Any, directory: Path) -> None:
             f"The checkpoint in {directory} is a {config.model_type!r} model, which transformers "
             "cannot load as a causal language model (AutoModelForCausalLM); LMTP needs a "
             "decoder-only model."
+        )
+
+
+def _require_saved_quantization(config: Any, directory: Path) -> None:
+    """A checkpoint said to be pre-quantized must say how: else it would load unquantized."""
+    if getattr(config, "quantization_config", None) is None:
+        raise ModelLoadError(
+            f"model_settings.json says the checkpoint in {directory} is pre-quantized, but its "
+            "config.json has no quantization_config; rebuild the project with ./build "
+            "--prequantize (or without it, to quantize at boot)."
         )
 
 

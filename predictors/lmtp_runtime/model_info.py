@@ -82,6 +82,7 @@ def describe_model(
         "model_type": getattr(config, "model_type", None),
         "architectures": list(getattr(config, "architectures", None) or []),
         "quantization": loaded.quantization,
+        "prequantized": loaded.prequantized,
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": loaded.device,
         "vocab_size": vocab_size,

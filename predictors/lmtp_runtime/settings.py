@@ -45,6 +45,10 @@ class LoadOptions:
     """``None`` means ``"auto"`` on a GPU and everything on the CPU otherwise."""
     attn_implementation: str | None = None
     use_safetensors: bool | None = None
+    prequantized: bool = False
+    """``load.prequantized``: the checkpoint holds weights bitsandbytes already quantized
+    (``./build --prequantize``), and its config.json carries their ``quantization_config``; they
+    are loaded as saved instead of quantized again at every boot."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,13 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
         raise SettingsError(
             f"{origin}: key 'serve.prefix_cache_mb' must be 0 (off) or more, got {prefix_cache_mb}."
         )
+    quantization = load.choice("quantization", QUANTIZATIONS, default="none")
+    prequantized = load.get("prequantized", bool, default=False)
+    if prequantized and quantization == "none":
+        raise SettingsError(
+            f"{origin}: key 'load.prequantized' is true but 'load.quantization' is none; "
+            "rebuild the project, as only 8-bit and 4-bit checkpoints can be pre-quantized."
+        )
     gpu_share = serve.get("prefix_cache_gpu_share", (int, float))
     if gpu_share is not None and not 0 < gpu_share < 1:
         raise SettingsError(
@@ -138,12 +149,13 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
             commit=hub.get("commit", str),
         ),
         load=LoadOptions(
-            quantization=load.choice("quantization", QUANTIZATIONS, default="none"),
+            quantization=quantization,
             torch_dtype=load.choice("torch_dtype", TORCH_DTYPES, default=None),
             trust_remote_code=load.get("trust_remote_code", bool, default=False),
             device_map=load.get("device_map", str),
             attn_implementation=load.get("attn_implementation", str),
             use_safetensors=load.get("use_safetensors", bool),
+            prequantized=prequantized,
         ),
         max_batch_size=max_batch_size,
         prefix_cache_mb=prefix_cache_mb,
