@@ -21,6 +21,7 @@ from .lockfile import Lockfile, lockfile_path
 from .prequantize import prequantize_project
 from .render import render_project
 from .resolution import ResolvedModel
+from .units import human_size
 from .workdir import install, staging_area, trees_equal
 
 log = logging.getLogger(__name__)
@@ -207,11 +208,11 @@ def _report_plan(
     for model in models:
         entry = resolved[model.name]
         report(
-            f"{model.name}: would fetch {len(entry.files)} files ({_size(entry.total_size)}) "
+            f"{model.name}: would fetch {len(entry.files)} files ({human_size(entry.total_size)}) "
             f"from {entry.repo} at {entry.commit or 'local directory'}"
         )
         for file in entry.files:
-            report(f"    {file.path}  {_size(file.size)}")
+            report(f"    {file.path}  {human_size(file.size)}")
         extra = "" if config.dest_prefix is not None else " (no push script: dest_prefix is the placeholder)"
         report(f"{model.name}: would write {work_dir / model.name}{extra}")
     report("dry run: nothing was downloaded or written.")
@@ -221,13 +222,5 @@ def _report_outcome(outcome: ModelOutcome, *, work_dir: Path, report: Reporter) 
     state = "built" if outcome.changed else "up to date"
     report(
         f"{outcome.name}: {state}: {outcome.path} "
-        f"({len(outcome.resolved.files)} checkpoint files, {_size(outcome.resolved.total_size)})"
+        f"({len(outcome.resolved.files)} checkpoint files, {human_size(outcome.resolved.total_size)})"
     )
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"

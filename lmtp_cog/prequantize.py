@@ -34,6 +34,7 @@ from lmtp_cog.checkpoints import link_checkpoints
 from lmtp_cog.config import ModelSpec
 from lmtp_cog.errors import BuildError
 from lmtp_cog.resolution import ResolvedModel
+from lmtp_cog.units import human_size
 from lmtp_cog.settings import (
     CHECKPOINT_DIR,
     SETTINGS_FILE,
@@ -94,7 +95,7 @@ class PrequantizeResult:
                 f"note: {self.model}: --prequantize skipped: the model loads unquantized; set "
                 "config.load_in_8bit or config.load_in_4bit to ship quantized weights."
             )
-        sizes = f"{_size(self.quantized_bytes)} instead of {_size(self.original_bytes)}"
+        sizes = f"{human_size(self.quantized_bytes)} instead of {human_size(self.original_bytes)}"
         if self.reused:
             return f"{self.model}: {self.quantization} weights up to date ({sizes}), kept"
         return (
@@ -264,11 +265,3 @@ def _version(distribution: str) -> str | None:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"

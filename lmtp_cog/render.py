@@ -24,6 +24,7 @@ from lmtp_cog.config import ModelSpec, ProjectConfig
 from lmtp_cog.errors import BuildError
 from lmtp_cog.resolution import ResolvedModel
 from lmtp_cog.settings import CHECKPOINT_DIR, SETTINGS_FILE, model_settings, settings_text
+from lmtp_cog.units import human_size
 
 TEMPLATE_OUTPUTS: dict[str, str] = {
     "cog.yaml": "cog.yaml.j2",
@@ -171,7 +172,7 @@ def _template_context(
         "quantization_label": _QUANTIZATION_LABELS[model.args.quantization],
         "checkpoint": {
             "files": len(resolved.files),
-            "size": _human_size(resolved.total_size),
+            "size": human_size(resolved.total_size),
             "weight_format": resolved.weight_format,
         },
         "cog": model.cog,
@@ -201,16 +202,6 @@ def _requirement_line(requirement: str, *, model: ModelSpec) -> str:
             "requirement; write each as one name==version string."
         )
     return requirement
-
-
-def _human_size(size: int) -> str:
-    """``13.5 GB``: decimal units, as the Hub shows sizes."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000:
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
 
 
 def _check_runtime(runtime_dir: Path) -> None:
