@@ -20,7 +20,7 @@ from .errors import ConfigError, UnsupportedModelError
 from .lockfile import Lockfile, lockfile_path
 from .prequantize import prequantize_project
 from .render import render_project
-from .resolution import ResolvedModel
+from .resolution import FileSelection, ResolvedModel
 from .units import human_size
 from .workdir import install, staging_area, trees_equal
 
@@ -179,15 +179,21 @@ def _resolve(
 ) -> ResolvedModel:
     """Pin the model to a commit: the locked one unless the config or ``--update`` says otherwise."""
     locked = None if options.update else lock.entry(model.name)
-    if locked is not None and (locked.repo, locked.revision) == (
-        model.source.repo,
-        model.source.revision,
-    ) and not model.source.is_local:
+    if locked is not None and (
+        model.source.is_local or (locked.repo, locked.revision) != (model.source.repo, model.source.revision)
+    ):
+        locked = None
+    selection = FileSelection(
+        use_safetensors=model.args.use_safetensors, trust_remote_code=model.args.trust_remote_code
+    )
+    if locked is not None and locked.selection == selection:
         log.debug("%s: using locked commit %s", model.name, locked.commit)
         return locked
+    # A new model, a new revision, --update, or other files wanted from the locked commit.
     resolved = hub.resolve(
         model.source,
         model_name=model.name,
+        locked_commit=None if locked is None else locked.commit,
         offline=options.offline,
         use_safetensors=model.args.use_safetensors,
         trust_remote_code=model.args.trust_remote_code,

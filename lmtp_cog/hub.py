@@ -36,7 +36,7 @@ from huggingface_hub.file_download import repo_folder_name
 
 from lmtp_cog import errors
 from lmtp_cog.config import HuggingFaceSource
-from lmtp_cog.resolution import RepoFile, ResolvedModel
+from lmtp_cog.resolution import FileSelection, RepoFile, ResolvedModel
 
 # The builder sends the Hub only the requests a build needs. huggingface_hub's telemetry would add
 # a once-per-process request for its agent registry whenever it builds headers, even for a file it
@@ -257,7 +257,14 @@ def resolve(
     )
     commit, files = (_resolve_cached if offline else _resolve_remote)(origin, select)
     return ResolvedModel(
-        name=model_name, repo=source.repo, revision=source.revision, commit=commit, files=files
+        name=model_name,
+        repo=source.repo,
+        revision=source.revision,
+        commit=commit,
+        files=files,
+        selection=FileSelection(
+            use_safetensors=use_safetensors, trust_remote_code=trust_remote_code
+        ),
     )
 
 

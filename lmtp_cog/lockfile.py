@@ -16,12 +16,12 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lmtp_cog.errors import LockfileError
-from lmtp_cog.resolution import RepoFile, ResolvedModel
+from lmtp_cog.resolution import FileSelection, RepoFile, ResolvedModel
 
 FORMAT_VERSION = 1
 COMMENT = (
@@ -116,6 +116,7 @@ def _render_model(model: ResolvedModel) -> str:
         f'      "repo": {json.dumps(model.repo)}',
         f'      "revision": {json.dumps(model.revision)}',
         f'      "commit": {json.dumps(model.commit)}',
+        f'      "selection": {json.dumps(asdict(model.selection), sort_keys=True)}',
     ]
     files = [f"        {json.dumps(_file_json(f))}" for f in sorted(model.files, key=_path)]
     listed = "[\n" + ",\n".join(files) + "\n      ]" if files else "[]"
@@ -188,11 +189,22 @@ def _parse_model(path: Path, name: str, entry: Any) -> ResolvedModel:
     files = entry.get("files")
     if not isinstance(files, list):
         raise _broken(path, f"{where} has no 'files' list")
+    selection = entry.get("selection", {})
+    if not isinstance(selection, dict):
+        raise _broken(path, f"{where} 'selection' is not a JSON object")
     return ResolvedModel(
         name=name,
         repo=_get(path, entry, "repo", str, where=where),
         revision=_get(path, entry, "revision", str | None, where=where),
         commit=_get(path, entry, "commit", str, where=where),
+        selection=FileSelection(
+            use_safetensors=_get(
+                path, selection, "use_safetensors", bool | None, where=where, required=False
+            ),
+            trust_remote_code=bool(
+                _get(path, selection, "trust_remote_code", bool | None, where=where, required=False)
+            ),
+        ),
         files=tuple(
             _parse_file(path, file, where=f"{where} files[{i}]") for i, file in enumerate(files)
         ),

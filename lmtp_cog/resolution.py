@@ -23,6 +23,17 @@ class RepoFile:
 
 
 @dataclass(frozen=True)
+class FileSelection:
+    """The config.toml settings that decide which files of a commit are shipped.
+
+    Recorded with the files so that a locked entry is reused only for the same choice.
+    """
+
+    use_safetensors: bool | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
 class ResolvedModel:
     """A model's source pinned to one commit, with the files loading needs."""
 
@@ -33,6 +44,7 @@ class ResolvedModel:
     commit: str | None
     """The commit sha on the Hub; ``None`` for a local directory."""
     files: tuple[RepoFile, ...]
+    selection: FileSelection = FileSelection()
 
     @property
     def total_size(self) -> int:

@@ -642,3 +642,26 @@ def test_full_build_drops_lock_entries_of_removed_models(tmp_path: Path, hub: Hu
     assert set(project.lock()["models"]) == {"first", "second"}
     assert project.build().returncode == 0
     assert set(project.lock()["models"]) == {"first"}
+
+
+def test_changing_use_safetensors_refetches_files_of_the_locked_commit(
+    project: Project, publish: Publish, hub: HubServer
+) -> None:
+    """The lock pins the commit and the file list; a new file choice re-lists that same commit."""
+    repo = publish()
+    project.write_config(model_table("weights", repo))
+    assert project.build().returncode == 0
+    locked = project.lock()["models"]["weights"]
+    hub.commit(repo, {"README.md": "# moved on\n"})  # the branch moves; the lock must hold
+
+    project.write_config(model_table("weights", repo, config__use_safetensors=False))
+    run = project.build()
+
+    assert run.returncode == 0, run.stderr
+    entry = project.lock()["models"]["weights"]
+    assert entry["commit"] == locked["commit"]
+    assert entry["selection"] == {"trust_remote_code": False, "use_safetensors": False}
+    shipped = {f["path"] for f in entry["files"]}
+    assert "pytorch_model.bin" in shipped
+    assert not any(path.endswith(".safetensors") for path in shipped)
+    assert (project.root / "work" / "weights" / "checkpoints" / "pytorch_model.bin").exists()
