@@ -21,6 +21,10 @@ new tokens, so a batch mixing hits and misses is still one forward pass::
 
 The attention mask may thus have a hole in the middle of a row; position ids counted from the
 mask, as for left padding, keep every row's numbers those of the row alone.
+
+Rows of one batch that share a long prefix the cache does not hold yet (``distribution``'s
+SCOREs of one prompt, ``sample(n=k)``'s streams) would each compute it; instead it is computed
+once as a row of its own and cached first, so every such row starts from a hit.
 """
 
 from __future__ import annotations
@@ -42,12 +46,18 @@ from .prefix_cache import (
     PrefixCache,
     PrefixHit,
     budget_bytes,
+    shared_prefixes,
     supports_prefix_reuse,
 )
 from .protocol import FinishReason, GenerateOp, ScoreOp
 from .sampling import LOGPROB_FLOOR, BatchSampler, Choice, make_generator
 
 log = logging.getLogger(__name__)
+
+MIN_SHARED_PREFIX = 16
+"""Rows of one batch that share at least this many uncached leading tokens have them computed
+once, as a row of their own, before the batch (see :meth:`Engine._share_prefixes`). Below it,
+the extra forward pass would cost about what it saves."""
 
 NAN_MESSAGE = (
     "the model produced NaN logits (a numerical overflow; loading it with torch_dtype "
@@ -511,6 +521,7 @@ class Engine:
     ) -> tuple[DecodeBatch, torch.Tensor]:
         """Feed ``sequences`` on top of their longest cached prefixes; logits of the last
         ``max(keep)`` positions. Row ``i``'s last ``keep[i]`` tokens are always computed."""
+        self._share_prefixes(sequences, keep=keep)
         prefixes = [
             None
             if self.prefix_cache is None
@@ -520,6 +531,27 @@ class Engine:
         return DecodeBatch.feed(
             self.model, sequences, device=self.input_device, prefixes=prefixes, keep=max(keep)
         )
+
+    def _share_prefixes(self, sequences: Sequence[Sequence[int]], *, keep: Sequence[int]) -> None:
+        """Compute once, and cache, each long prefix that several rows share.
+
+        Without this, rows of one batch each compute their shared prompt: the cache only helps
+        across batches. With it, :meth:`_feed` finds a cache hit for every such row and feeds
+        only its own suffix. Each prefix costs a forward pass of its own, so only prefixes with
+        at least :data:`MIN_SHARED_PREFIX` tokens the cache does not already hold qualify.
+        Results do not change: a row on a cached prefix computes what it computes alone.
+        """
+        if self.prefix_cache is None or len(sequences) < 2:
+            return
+        limits = [len(sequence) - need for sequence, need in zip(sequences, keep, strict=True)]
+        for prefix in shared_prefixes(sequences, limits=limits, minimum=MIN_SHARED_PREFIX):
+            if len(prefix) - self.prefix_cache.cached_length(prefix) < MIN_SHARED_PREFIX:
+                continue
+            hit = self.prefix_cache.longest_prefix(prefix, limit=len(prefix) - 1)
+            batch, _ = DecodeBatch.feed(
+                self.model, [prefix], device=self.input_device, prefixes=[hit], keep=1
+            )
+            self._remember(prefix, batch, 0)
 
     def _remember(self, tokens: Sequence[int], batch: DecodeBatch, row: int) -> None:
         """Keep row ``row``'s KV (it fed exactly ``tokens``) for later prompts."""

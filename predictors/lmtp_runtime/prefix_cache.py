@@ -114,6 +114,12 @@ class PrefixCache:
         self.reused_tokens += hit.length
         return hit
 
+    def cached_length(self, tokens: Sequence[int]) -> int:
+        """How many leading tokens of ``tokens`` some entry holds. A look, not a use: nothing is
+        counted or reordered (the caller is deciding whether to compute them)."""
+        query = _as_array(tokens)
+        return max((common_prefix_length(query, entry.tokens) for entry in self.entries), default=0)
+
     def holds(self, tokens: Sequence[int]) -> bool:
         """Whether an entry starts with ``tokens`` (then storing them adds nothing); a use."""
         query = _as_array(tokens)
@@ -164,6 +170,37 @@ def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
     differ = np.flatnonzero(a[:n] != b[:n])
     return int(differ[0]) if differ.size else n
+
+
+def shared_prefixes(
+    sequences: Sequence[Sequence[int]], *, limits: Sequence[int], minimum: int
+) -> list[tuple[int, ...]]:
+    """The longest prefixes, of at least ``minimum`` tokens, that two or more rows start with.
+
+    Computing such a prefix once and caching it lets every row that shares it reuse it, instead
+    of each row computing it again (``distribution`` scores several continuations of one prompt
+    in one prediction; ``sample(n=k)`` decodes k streams of one prompt). A row never shares more
+    than ``limits[row]`` tokens: the rest must be fed anyway, for their logits.
+
+    In lexicographic order every row's longest common prefix with any other row is the one it
+    has with a neighbour, so comparing neighbours finds them all. A prefix that another one
+    extends is left out: the cache matches any common prefix of an entry, so the longer one
+    serves the rows of both.
+    """
+    arrays = [_as_array(sequence) for sequence in sequences]
+    order = sorted(range(len(arrays)), key=lambda row: arrays[row].tolist())
+    found: set[tuple[int, ...]] = set()
+    for before, after in zip(order, order[1:]):
+        length = min(
+            common_prefix_length(arrays[before], arrays[after]), limits[before], limits[after]
+        )
+        if length >= minimum:
+            found.add(tuple(arrays[before][:length].tolist()))
+    return sorted(
+        prefix
+        for prefix in found
+        if not any(len(other) > len(prefix) and other[: len(prefix)] == prefix for other in found)
+    )
 
 
 def _starts_with(tokens: np.ndarray, prefix: np.ndarray) -> bool:

@@ -9,7 +9,8 @@ For every row (one GENERATE stream), in float32:
 
 ``dist`` does not depend on the temperature or on top_k/top_p: those shape what is *drawn*, not
 what is *reported*. All full-vocabulary work stays on the logits' device; each step moves only
-the chosen ids, their logprobs and the top-n lists to the host.
+the chosen ids, their logprobs and the top-n lists to the host, in one transfer, and nothing
+else waits for the device (which filters apply is read from the ops).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class BatchSampler:
         self._temperature = self._column([s.temperature for s in settings])
         self._top_k = torch.tensor([s.top_k for s in settings], dtype=torch.long, device=device)
         self._top_p = self._column([s.top_p for s in settings])
+        self._sampled_rows, self._sampled_index = self._sampled()
 
         self._counts = self._presence = self._frequency = None
         if any(s.presence_penalty or s.frequency_penalty for s in settings):
@@ -102,19 +104,9 @@ class BatchSampler:
         adjusted = self._adjust(logits.float())
         dist = torch.log_softmax(adjusted, dim=-1)
         tokens = adjusted.argmax(dim=-1)
-        if any(not op.sampling.greedy for op in self._ops):
+        if self._sampled_rows:
             tokens = self._sample(adjusted, tokens)
-        chosen = dist.gather(-1, tokens[:, None]).squeeze(-1)
-
-        # Host transfers: a few numbers per row, never a vocabulary-sized tensor.
-        token_ids = tokens.tolist()
-        logprobs = chosen.clamp(min=LOGPROB_FLOOR).tolist()
-        widest = max(op.top_logprobs for op in self._ops)
-        if widest:
-            top = torch.topk(dist, widest, dim=-1)
-            top_ids, top_values = top.indices.tolist(), top.values.clamp(min=LOGPROB_FLOOR).tolist()
-        else:
-            top_ids = top_values = [[] for _ in self._ops]
+        token_ids, logprobs, top_ids, top_values = self._to_host(dist, tokens)
         top_logprobs = []
         for row, op in enumerate(self._ops):
             entries = {token_ids[row]: logprobs[row]}
@@ -124,6 +116,28 @@ class BatchSampler:
         return Choice(
             tokens=tokens, token_ids=token_ids, logprobs=logprobs, top_logprobs=top_logprobs
         )
+
+    def _to_host(
+        self, dist: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[list[int], list[float], list[list[int]], list[list[float]]]:
+        """The chosen ids, their logprobs and the widest top-n ids and logprobs, on the host.
+
+        One ``[rows, 2 + 2n]`` float64 tensor and one ``.tolist()``: on a GPU every transfer
+        waits for the device, and a decode step is short enough for four waits to show.
+        float64 holds every token id and every float32 logprob exactly, so nothing changes.
+        """
+        widest = max(op.top_logprobs for op in self._ops)
+        chosen = dist.gather(-1, tokens[:, None])
+        columns = [tokens[:, None].double(), chosen.clamp(min=LOGPROB_FLOOR).double()]
+        if widest:
+            top = torch.topk(dist, widest, dim=-1)
+            columns += [top.indices.double(), top.values.clamp(min=LOGPROB_FLOOR).double()]
+        host = torch.cat(columns, dim=-1).tolist()
+        token_ids = [int(row[0]) for row in host]
+        logprobs = [row[1] for row in host]
+        top_ids = [[int(token) for token in row[2 : 2 + widest]] for row in host]
+        top_values = [row[2 + widest :] for row in host]
+        return token_ids, logprobs, top_ids, top_values
 
     def observe(self, tokens: torch.Tensor) -> None:
         """Count the tokens just chosen (``[rows]``, after :meth:`keep`) for the penalties."""
@@ -143,6 +157,7 @@ class BatchSampler:
         self._temperature = self._temperature[index]
         self._top_k = self._top_k[index]
         self._top_p = self._top_p[index]
+        self._sampled_rows, self._sampled_index = self._sampled()
         if self._bias is not None:
             self._bias = self._bias[index]
         if self._counts is not None:
@@ -162,12 +177,23 @@ class BatchSampler:
             logits = logits + self._bias
         return logits
 
-    def _sample(self, adjusted: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
+    def _sampled(self) -> tuple[list[int], torch.Tensor]:
+        """The rows that sample rather than take the argmax, as a list and as an index tensor
+        (made once per batch shape, not at every step)."""
         rows = [row for row, op in enumerate(self._ops) if not op.sampling.greedy]
-        index = torch.tensor(rows, dtype=torch.long, device=adjusted.device)
+        return rows, torch.tensor(rows, dtype=torch.long, device=self._device)
+
+    def _sample(self, adjusted: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
+        rows, index = self._sampled_rows, self._sampled_index
+        settings = [self._ops[row].sampling for row in rows]
         scores = adjusted[index] / self._temperature[index, None]
-        scores = filter_top_k(scores, self._top_k[index])
-        scores = filter_top_p(scores, self._top_p[index])
+        # Whether a filter applies is read from the ops, on the host: a check on the device
+        # (``bool(tensor.any())``) would wait for it at every step.
+        widest_k = max(s.top_k for s in settings)
+        if widest_k > 0:
+            scores = filter_top_k(scores, self._top_k[index], widest=widest_k)
+        if any(s.top_p < 1.0 for s in settings):
+            scores = filter_top_p(scores, self._top_p[index])
         probs = torch.softmax(scores, dim=-1)
         # One draw per row, each from its stream's own generator, so a seeded stream samples the
         # same tokens whichever batch it shares.
@@ -232,12 +258,21 @@ def apply_presence_frequency(
     return logits - presence[:, None] * (counts > 0) - frequency[:, None] * counts
 
 
-def filter_top_k(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """Keep each row's ``top_k`` highest scores (ties at the cut stay); ``0`` keeps every token."""
-    active = top_k > 0
-    if not bool(active.any()):
+def filter_top_k(
+    scores: torch.Tensor, top_k: torch.Tensor, *, widest: int | None = None
+) -> torch.Tensor:
+    """Keep each row's ``top_k`` highest scores (ties at the cut stay); ``0`` keeps every token.
+
+    Args:
+        widest: ``max(top_k)`` when the caller knows it from the ops; reading it from the
+            tensor instead waits for the device.
+    """
+    if widest is None:
+        widest = int(top_k.max())
+    if widest <= 0:
         return scores
-    widest = int(top_k.max().clamp(max=scores.shape[-1]))
+    widest = min(widest, scores.shape[-1])
+    active = top_k > 0
     best = torch.topk(scores, widest, dim=-1).values
     cut = (top_k.clamp(min=1, max=widest) - 1)[:, None]
     threshold = torch.where(active[:, None], best.gather(-1, cut), -math.inf)
@@ -248,10 +283,9 @@ def filter_top_p(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Keep each row's smallest set of best tokens whose probability reaches ``top_p`` (nucleus).
 
     The best token always stays. Rows with ``top_p >= 1`` are left exactly alone (a cumulative
-    sum that rounds past 1.0 must not clip their tail).
+    sum that rounds past 1.0 must not clip their tail). Callers skip the sort when no row has
+    ``top_p < 1``; they know that from the ops without asking the device.
     """
-    if not bool((top_p < 1.0).any()):
-        return scores
     limit = torch.where(top_p < 1.0, top_p, math.inf)[:, None]
     ordered, order = torch.sort(scores, dim=-1, descending=True)
     probs = torch.softmax(ordered, dim=-1)

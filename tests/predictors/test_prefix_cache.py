@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 import torch
-from lmtp_runtime.engine import Engine, GenerationStream, StreamError, TokenEvent
+from lmtp_runtime.engine import (
+    MIN_SHARED_PREFIX,
+    Engine,
+    GenerationStream,
+    StreamError,
+    TokenEvent,
+)
 from lmtp_runtime.errors import SettingsError
 from lmtp_runtime.prefix_cache import (
     CPU_BUDGET_MB,
@@ -26,6 +32,7 @@ from lmtp_runtime.prefix_cache import (
     PrefixCache,
     budget_bytes,
     common_prefix_length,
+    shared_prefixes,
 )
 from lmtp_runtime.protocol import GenerateOp, Sampling, ScoreOp
 from lmtp_runtime.serving import LmtpServer
@@ -311,6 +318,107 @@ def test_cached_entries_are_never_written_to(models: dict[str, Any]) -> None:
         assert torch.equal(keys, old_keys) and torch.equal(values, old_values)
 
 
+# --- rows of one batch that share a prefix --------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_scores_sharing_a_prompt_in_one_batch_compute_it_once(
+    models: dict[str, Any], arch: str
+) -> None:
+    """LMQL's ``distribution``: one prediction of SCOREs, one per candidate, after one prompt."""
+    model = models[arch]
+    cached, plain = engines(model)
+    rng = random.Random(11)
+    prompt = tuple(random_prompt(rng, 40, model.config.vocab_size))
+    candidates = [(30 + row, *range(50, 50 + row % 4)) for row in range(8)]
+    ops = [
+        ScoreOp(stream_id=row, prompt=prompt, scored=candidate)
+        for row, candidate in enumerate(candidates)
+    ]
+    with fed_tokens(model) as counts:
+        batched = cached.score(ops)
+    # The prompt but its last token (whose logits every row reads) once, as a row of its own;
+    # then each row only the positions it scores.
+    widest = max(len(candidate) for candidate in candidates)
+    assert counts == [len(prompt) - 1, len(ops) * widest]
+    for op, got in zip(ops, batched, strict=True):
+        assert got.logprobs == pytest.approx(plain.score([op])[0].logprobs, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sampled_streams_of_one_prompt_compute_it_once(models: dict[str, Any], arch: str) -> None:
+    """``sample(n=4)``: four seeded streams of one prompt, each decoding as it would alone."""
+    model = models[arch]
+    cached, plain = engines(model)
+    prompt = random_prompt(random.Random(5), 30, model.config.vocab_size)
+    ops = [
+        gen_op(
+            prompt,
+            max_tokens=3 + seed,
+            top_logprobs=2,
+            sampling=Sampling(temperature=0.9, seed=seed, top_k=(0, 20)[seed % 2]),
+        )
+        for seed in range(4)
+    ]
+    with fed_tokens(model) as counts:
+        batched = generate(cached, *ops)
+    # The shared prompt once; the streams then feed its last token, then one token per step.
+    assert counts[:2] == [len(prompt) - 1, len(ops)]
+    for op, got in zip(ops, batched, strict=True):
+        assert_same(got, generate(plain, op)[0])
+
+
+def test_rows_sharing_a_short_or_cached_prefix_run_as_one_batch(models: dict[str, Any]) -> None:
+    model = models["llama"]
+    cached, plain = engines(model)
+    shared = list(range(3, 3 + MIN_SHARED_PREFIX - 1))  # one token too short to be worth it
+    ops = [gen_op([*shared, tail], max_tokens=3) for tail in (60, 61, 62)]
+    for engine in (cached, plain):
+        with fed_tokens(model) as counts:
+            generate(engine, *ops)
+        assert counts[0] == len(ops) * (len(shared) + 1)
+
+    # Long enough, but the cache already holds all of it but a few tokens: no extra pass.
+    long = list(range(3, 43))
+    generate(cached, gen_op(long[:-3], max_tokens=1))
+    ops = [gen_op([*long, tail], max_tokens=2) for tail in (60, 61)]
+    with fed_tokens(model) as counts:
+        batched = generate(cached, *ops)
+    assert counts[0] == len(ops) * 4
+    for op, got in zip(ops, batched, strict=True):
+        assert_same(got, generate(plain, op)[0])
+
+
+def test_without_a_cache_shared_prompts_are_computed_per_row(models: dict[str, Any]) -> None:
+    model = models["llama"]
+    _, plain = engines(model)
+    prompt = list(range(3, 43))
+    ops = [ScoreOp(stream_id=row, prompt=tuple(prompt), scored=(50 + row,)) for row in range(3)]
+    with fed_tokens(model) as counts:
+        plain.score(ops)
+    assert counts == [len(ops) * len(prompt)]
+
+
+def test_shared_prefixes_are_the_longest_that_rows_have_in_common() -> None:
+    a = [1, *range(10, 40)]
+    b = [*a[:25], 7, 7]
+    c = [*a[:18], 9]
+    d = [5, *range(10, 40)]
+
+    def shared(sequences: list[list[int]], limits: list[int] | None = None) -> list[int]:
+        limits = limits or [len(sequence) for sequence in sequences]
+        found = shared_prefixes(sequences, limits=limits, minimum=16)
+        return [len(prefix) for prefix in found]
+
+    # c's 18 tokens are a prefix of a and b's 25: that one entry serves all three rows.
+    assert shared([d, c, a, b]) == [25]
+    assert shared([a, a, d]) == [len(a)]
+    assert shared([a, a], limits=[len(a), 20]) == [20]  # the second row needs its last tokens
+    assert shared([a, d, [1, 2, 3]]) == []
+    assert shared([a]) == []
+    assert shared_prefixes([b, a], limits=[27, 31], minimum=16) == [tuple(a[:25])]
+
+
 # --- memory ---------------------------------------------------------------------------------------
 
 
@@ -503,6 +611,30 @@ def test_a_failed_batch_empties_the_cache_before_its_streams_are_retried(
         )
 
 
+def test_one_prediction_of_scores_sharing_a_prompt_answers_as_one_per_prediction(
+    models: dict[str, Any],
+) -> None:
+    """Workload 2 of the benchmark, small: ``distribution`` sent as one prediction."""
+    model = models["llama"]
+    cached, plain = engines(model)
+    server, alone = (LmtpServer(e, model_info={}, max_batch_size=8) for e in (cached, plain))
+    prompt = random_prompt(random.Random(2), 48, model.config.vocab_size)
+    ops = [
+        ["SCORE", {"prompt": prompt, "scored": [40 + row, 41, 42][: 1 + row % 3], "stream_id": row}]
+        for row in range(8)
+    ]
+    with fed_tokens(model) as counts:
+        lines = _serve(server, ops)
+    assert sum(counts) == len(prompt) - 1 + len(ops) * 3  # the prompt went through once
+    for op in ops:
+        want = _serve(alone, [op])
+        got = [line for line in lines if line["stream_id"] == op[1]["stream_id"]]
+        assert [line["token"] for line in got] == [line["token"] for line in want]
+        assert [line["logprob"] for line in got] == pytest.approx(
+            [line["logprob"] for line in want], abs=TOLERANCE
+        )
+
+
 # --- the predictor --------------------------------------------------------------------------------
 
 
@@ -519,3 +651,4 @@ def test_the_predictor_reuses_prefixes_by_default(
             generated += [json.loads(line.split(" ", 1)[1])["token"] for line in chunk.splitlines()]
     summaries = [r.getMessage() for r in caplog.records if r.name == "lmtp_runtime.serving"]
     assert f"; {len(prompt) + 3} prompt tokens from the prefix cache;" in summaries[-1]
+
