@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -18,6 +19,11 @@ from pathlib import Path
 import pytest
 
 from lmtp_cog.testing.hub_server import HubServer
+
+# LiteLLM (a test dependency) puts a secret-redaction filter on asyncio's logger. When an event
+# loop is collected at interpreter exit, that filter runs half torn down and prints tracebacks
+# after pytest's summary. Nothing here logs secrets; read at LiteLLM's import.
+os.environ.setdefault("LITELLM_DISABLE_REDACT_SECRETS", "true")
 
 CHECKPOINT_SHAPES: dict[str, dict[str, object]] = {
     "safetensors": {},
