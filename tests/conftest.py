@@ -102,3 +102,11 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return cache
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Keep the summary last: LMQL 0.7.3 leaves its client tasks pending when its event loop
+    closes, and asyncio reports each as the loop is collected at interpreter exit."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
