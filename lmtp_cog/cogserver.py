@@ -117,8 +117,19 @@ class CogServer:
         )
 
     def predict(self, inputs: dict[str, Any], *, timeout: float = 300.0) -> dict[str, Any]:
-        """POST /predictions and return Cog's response (``output`` is the list of chunks)."""
-        return self.request("POST", "/predictions", {"input": inputs}, timeout=timeout)
+        """POST /predictions and return Cog's response (``output`` is the list of chunks).
+
+        Cog answers 409 while its one slot is busy, which includes the moment after a prediction
+        ended and before the worker took the next: such a request is simply sent again.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.request("POST", "/predictions", {"input": inputs}, timeout=timeout)
+            except urllib.error.HTTPError as error:
+                if error.code != 409 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def request(
         self, method: str, path: str, body: Any = None, *, timeout: float = 30.0
