@@ -27,6 +27,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from lmtp_cog.testing.settings import local_model_settings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OURS_RUNTIME = REPO_ROOT / "predictors" / "lmtp_runtime" / "predictor.py"
 
@@ -59,23 +61,9 @@ def ours_available() -> bool:
 
 def ours_settings(checkpoint_dir: Path, *, max_batch_size: int = 8) -> dict[str, Any]:
     """The ``model_settings.json`` content the builder would write for the bench checkpoint."""
-    return {
-        "format": 1,
-        "name": "bench",
-        "destination": None,
-        "huggingface": {"repo": "local/bench", "revision": None, "commit": None},
-        "checkpoint_dir": str(checkpoint_dir.resolve()),
-        "load": {
-            "quantization": "none",
-            "torch_dtype": None,
-            "trust_remote_code": False,
-            "device_map": None,
-            "attn_implementation": None,
-            "use_safetensors": None,
-        },
-        "serve": {"max_batch_size": max_batch_size},
-        "lmtp_cog_version": "0.1.0",
-    }
+    return local_model_settings(
+        checkpoint_dir.resolve(), name="bench", repo="local/bench", max_batch_size=max_batch_size
+    )
 
 
 class OursBackend:

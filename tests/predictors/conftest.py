@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lmtp_cog.testing.settings import local_model_settings
 
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -25,24 +26,15 @@ def settings_dict(
     **load: Any,
 ) -> dict[str, Any]:
     """``model_settings.json`` as the builder writes it, for a local checkpoint."""
-    return {
-        "format": 1,
-        "name": "tiny",
-        "destination": None,
-        "huggingface": {"repo": "local/tiny", "revision": "main", "commit": FAKE_COMMIT},
-        "checkpoint_dir": str(checkpoint_dir),
-        "load": {
-            "quantization": quantization,
-            "torch_dtype": None,
-            "trust_remote_code": False,
-            "device_map": None,
-            "attn_implementation": None,
-            "use_safetensors": None,
-            **load,
-        },
-        "serve": {"max_batch_size": max_batch_size, "log_predictions": log_predictions},
-        "lmtp_cog_version": "0.1.0",
-    }
+    return local_model_settings(
+        checkpoint_dir,
+        revision="main",
+        commit=FAKE_COMMIT,
+        quantization=quantization,
+        max_batch_size=max_batch_size,
+        log_predictions=log_predictions,
+        **load,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import torch
 
+from lmtp_cog.testing.settings import local_model_settings
+
 # Generous: the tiny models answer in well under a second. Only a hang gets anywhere near this.
 PREDICTION_TIMEOUT_S = 60.0
 LOGPROB_TOLERANCE = 1e-4
@@ -367,23 +369,9 @@ def assert_same_stream(batched: Sequence[Line], alone: Sequence[Line], *, what: 
 
 def settings(checkpoint_dir: Path, *, max_batch_size: int = 8) -> dict[str, Any]:
     """``model_settings.json`` as the builder writes it, pointing at a local checkpoint."""
-    return {
-        "format": 1,
-        "name": "tiny",
-        "destination": None,
-        "huggingface": {"repo": "local/tiny", "revision": None, "commit": FAKE_COMMIT},
-        "checkpoint_dir": str(checkpoint_dir.resolve()),
-        "load": {
-            "quantization": "none",
-            "torch_dtype": None,
-            "trust_remote_code": False,
-            "device_map": None,
-            "attn_implementation": None,
-            "use_safetensors": None,
-        },
-        "serve": {"max_batch_size": max_batch_size},
-        "lmtp_cog_version": RUNTIME_VERSION,
-    }
+    return local_model_settings(
+        checkpoint_dir.resolve(), commit=FAKE_COMMIT, max_batch_size=max_batch_size
+    )
 
 
 def collect(
