@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import hub
 from .checkpoints import link_checkpoints
-from .config import ModelSpec, ProjectConfig, load_config
+from .config import ModelSpec, ProjectConfig, did_you_mean, load_config
 from .errors import ConfigError, UnsupportedModelError
 from .lockfile import Lockfile, lockfile_path
 from .prequantize import prequantize_project
@@ -50,7 +50,6 @@ class ModelOutcome:
     resolved: ResolvedModel
     path: Path
     changed: bool = False
-    pushable: bool = True
 
 
 @dataclass
@@ -117,7 +116,6 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
                     resolved=resolved[model.name],
                     path=target,
                     changed=changed,
-                    pushable=config.dest_prefix is not None,
                 )
             )
 
@@ -129,7 +127,7 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
         lock = lock.without(name for name in lock.models if name not in configured)
     lock.save()
     for outcome in outcomes:
-        _report_outcome(outcome, work_dir=work_dir, report=report)
+        _report_outcome(outcome, report=report)
     if config.dest_prefix is None:
         report(
             f"note: dest_prefix in {config.path.name} is still the placeholder, so no `push` "
@@ -142,16 +140,16 @@ def select_models(config: ProjectConfig, only: Sequence[str]) -> list[ModelSpec]
     """The models named by ``--only`` (all when empty), in config order."""
     if not only:
         return list(config.models)
-    known = {model.name for model in config.models}
+    known = sorted(model.name for model in config.models)
     unknown = [name for name in only if name not in known]
     if unknown:
-        import difflib
-
         name = unknown[0]
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known models: {', '.join(sorted(known))}."
-        raise ConfigError(f"--only names a model that is not in the file; {hint}", path=config.path, model=name)
-    return [model for model in config.models if model.name in set(only)]
+        hint = did_you_mean(name, known) or f"; known models: {', '.join(known)}."
+        raise ConfigError(
+            f"--only names a model that is not in the file{hint}", path=config.path, model=name
+        )
+    wanted = set(only)
+    return [model for model in config.models if model.name in wanted]
 
 
 def refuse_unsupported(model: ModelSpec, config_json: Path | None) -> None:
@@ -179,8 +177,9 @@ def _resolve(
 ) -> ResolvedModel:
     """Pin the model to a commit: the locked one unless the config or ``--update`` says otherwise."""
     locked = None if options.update else lock.entry(model.name)
+    source = model.source
     if locked is not None and (
-        model.source.is_local or (locked.repo, locked.revision) != (model.source.repo, model.source.revision)
+        source.is_local or (locked.repo, locked.revision) != (source.repo, source.revision)
     ):
         locked = None
     selection = FileSelection(
@@ -224,7 +223,7 @@ def _report_plan(
     report("dry run: nothing was downloaded or written.")
 
 
-def _report_outcome(outcome: ModelOutcome, *, work_dir: Path, report: Reporter) -> None:
+def _report_outcome(outcome: ModelOutcome, *, report: Reporter) -> None:
     state = "built" if outcome.changed else "up to date"
     report(
         f"{outcome.name}: {state}: {outcome.path} "

@@ -256,7 +256,7 @@ def _one_of(choices: Sequence[str]) -> _Reader:
             raise _Invalid(f"expected one of {listed} in quotes, got {_describe(value)}")
         if value not in choices:
             message = f"expected one of {listed}, got {_describe(value)}"
-            raise _Invalid(message + _did_you_mean(value, choices))
+            raise _Invalid(message + did_you_mean(value, choices))
         return value
 
     return read
@@ -377,13 +377,14 @@ _SECTIONS: Mapping[str, Mapping[str, _Key]] = {
 _TOP_LEVEL_KEYS = ("dest_prefix", "models")
 
 
-def _did_you_mean(word: str, known: Sequence[str]) -> str:
+def did_you_mean(word: str, known: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known``, or ``""`` when none is close."""
     matches = difflib.get_close_matches(word, known, n=1)
     return f"; did you mean {matches[0]!r}?" if matches else ""
 
 
 def _unknown_key(key: str, known: Sequence[str]) -> str:
-    hint = _did_you_mean(key, known)
+    hint = did_you_mean(key, known)
     return "unknown key" + (hint or f"; the keys allowed here are {', '.join(known)}")
 
 
