@@ -4,7 +4,8 @@ Each test assembles a project like the builder's ``work/NAME`` by hand: a copy o
 ``predictors/lmtp_runtime``, the thin generated ``predict.py``, ``model_settings.json`` and a tiny
 checkpoint in ``checkpoints/``. It then starts ``python -m cog.server.http`` in it, as NOTES.md
 describes (the venv first on PATH, because the server starts its worker with plain ``python``),
-and talks HTTP to it on 127.0.0.1. Every server is killed by its process group in a ``finally``.
+and talks HTTP to it on 127.0.0.1, through :class:`lmtp_cog.cogserver.CogServer`, which kills
+every server by its process group on the way out.
 """
 
 from __future__ import annotations
@@ -12,19 +13,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from lmtp_cog.cogserver import CogServer, CogServerError
 
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "predictors" / "lmtp_runtime"
 VENV_BIN = Path(sys.executable).parent
@@ -55,88 +52,6 @@ def assemble_project(root: Path, checkpoint_dir: Path, settings: dict[str, Any])
     return root
 
 
-@dataclass
-class CogServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-            return json.loads(response.read())
-
-    def wait_for_setup(self) -> dict[str, Any]:
-        """Poll /health-check until setup has finished either way; fail on exit or timeout."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"cog server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                health = self.request("GET", "/health-check")
-            except OSError:
-                health = {"status": "not listening yet"}
-            if health["status"] in ("READY", "SETUP_FAILED"):
-                return health
-            time.sleep(0.25)
-        pytest.fail(f"cog server not ready after {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
-
-    def predict(self, ops: list[Any]) -> dict[str, Any]:
-        return self.request("POST", "/predictions", {"input": {"ops_batch_json": json.dumps(ops)}})
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def cog_server(project: Path) -> Iterator[CogServer]:
-    """``python -m cog.server.http`` in ``project``, stopped (whole process group) on exit."""
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        COG_PREDICT_TYPE_STUB="predict.py:Predictor",
-        PORT=str(port),
-    )
-    log_path = project / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "python"), "-m", "cog.server.http", "--host", "127.0.0.1"],
-            cwd=project,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield CogServer(f"http://127.0.0.1:{port}", process, log_path)
-    finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop the server and its worker: they share the process group the server leads."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _no_constants(name: str) -> Any:
     raise AssertionError(f"{name} in an output line: LMQL's client cannot parse it")
 
@@ -162,13 +77,15 @@ def project(
     )
 
 
+def start(project: Path) -> CogServer:
+    # No PYTHONPATH: the project must find its runtime by itself, as in the image.
+    return CogServer(project, env={"PYTHONPATH": ""})
+
+
 @pytest.fixture(scope="module")
 def server(project: Path) -> Iterator[CogServer]:
-    with cog_server(project) as running:
-        health = running.wait_for_setup()
-        assert health["status"] == "READY", (
-            health.get("setup", {}).get("logs") or running.log_tail()
-        )
+    with start(project) as running:
+        health = running.wait_ready(timeout=STARTUP_TIMEOUT_S)
         running.setup_logs = health["setup"]["logs"]  # type: ignore[attr-defined]
         yield running
 
@@ -225,7 +142,7 @@ def test_a_prediction_through_cog_answers_every_command(
         ["SCORE", {"prompt": PROMPT, "scored": [30, 31, 32], "stream_id": 3}],
         ["MODEL_INFO", {"stream_id": 4}],
     ]
-    response = server.predict(ops)
+    response = server.predict({"ops_batch_json": json.dumps(ops)})
     assert response["status"] == "succeeded", response
     # Nothing in the prediction's logs: LMQL's Replicate client reads them as LMTP lines.
     # (serve.log_predictions turns a summary line on.)
@@ -268,8 +185,10 @@ def test_a_broken_checkpoint_fails_setup_with_a_clear_message(
 ) -> None:
     project = assemble_project(tmp_path, llama_dir, make_settings(llama_dir))
     (project / "checkpoints" / "config.json").write_text('{"model_type": "llama", ')
-    with cog_server(project) as server:
-        health = server.wait_for_setup()
+    with start(project) as server:
+        with pytest.raises(CogServerError, match="setup\\(\\) of .* failed"):
+            server.wait_ready(timeout=STARTUP_TIMEOUT_S)
+        health = server.request("GET", "/health-check")
     assert health["status"] == "SETUP_FAILED"
     assert "Could not read the model configuration" in health["setup"]["logs"]
     assert "checkpoints/config.json" in health["setup"]["logs"]
