@@ -77,7 +77,7 @@ class OursBackend:
         self._predictor = LmtpPredictor.from_settings(ours_settings(checkpoint_dir))
 
     def predict(self, ops: Ops) -> Iterator[str]:
-        return iter(self._predictor.predict(ops_batch_json=json.dumps(ops)))
+        return iter(self._predictor.stream(ops_batch_json=json.dumps(ops)))
 
     def close(self) -> None:
         self._predictor = None

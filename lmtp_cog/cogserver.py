@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LmtpCogError
+from .settings import SETTINGS_FILE
 
 
 class CogServerError(LmtpCogError):
@@ -31,6 +32,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def project_concurrency(project_dir: Path) -> int:
+    """``serve.concurrency`` of the project's ``model_settings.json``; 1 without one."""
+    try:
+        settings = json.loads((project_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+        concurrency = settings["serve"]["concurrency"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
+    return concurrency if isinstance(concurrency, int) and concurrency >= 1 else 1
 
 
 class CogServer:
@@ -48,8 +59,15 @@ class CogServer:
         python: str = sys.executable,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
+        concurrency: int | None = None,
     ) -> None:
+        """
+        Args:
+            concurrency: most predictions Cog runs at once; ``None``: the project's
+                ``serve.concurrency`` (what ``cog build`` declares in the image), else 1.
+        """
         self.project_dir = project_dir
+        self.concurrency = concurrency or project_concurrency(project_dir)
         self.host = host
         self.port = port or free_port()
         self.python = python
@@ -71,6 +89,8 @@ class CogServer:
             "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
             "PORT": str(self.port),
             "PYTHONUNBUFFERED": "1",
+            # In an image, `cog build` sets this from the predictor's @cog.concurrent(max=N).
+            "COG_MAX_CONCURRENCY": str(self.concurrency),
             **self.extra_env,
         }
         log = self.log_path.open("wb")

@@ -27,6 +27,9 @@ PLACEHOLDER_DEST_PREFIX = "r8.im/YOURACCOUNT/"
 REGISTRY = "r8.im"
 TORCH_DTYPES = ("float16", "bfloat16", "float32", "auto")
 PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
+COG_SDK_VERSION = "0.23.1"
+"""The Cog SDK every image gets unless ``cog.sdk_version`` says otherwise: the release the
+runtime is tested with (``make venv`` installs the same, through ``lmtp-cog[serve]``)."""
 """The Python versions the predictor runtime supports in the Cog image."""
 LOCAL_REPO_PREFIXES = ("/", "./", "../", "~")
 """How ``huggingface.repo`` says "a directory on this machine" rather than a Hub id."""
@@ -64,6 +67,8 @@ class ModelArgs:
     attn_implementation: str | None = None
     max_batch_size: int = 8
     """Most LMTP streams computed in one forward pass."""
+    concurrency: int = 8
+    """Most predictions one container runs at once; their work shares forward passes."""
     prefix_cache_mb: int | None = None
     """MiB of KV cache kept across predictions for prompts sharing a prefix; 0 turns reuse off.
     ``None``: a quarter of the GPU memory free after loading (1 GiB on a CPU)."""
@@ -89,6 +94,9 @@ class CogOptions:
     cuda: str | None = None
     """``None`` lets ``cog build`` pick the CUDA that matches the pinned torch."""
     python_version: str = "3.11"
+    sdk_version: str = COG_SDK_VERSION
+    """The Cog SDK (and so coglet) installed in the image; the runtime is tested with the
+    default, whose serving behaviour it relies on (streaming with concurrency)."""
     extra_requirements: tuple[str, ...] = ()
     """Extra pinned pip requirements (``name==version``), appended to requirements.txt."""
     system_packages: tuple[str, ...] = ()
@@ -357,6 +365,7 @@ _MODEL_ARGS_KEYS: Mapping[str, _Key] = {
     "device_map": _Key("device_map", _text),
     "attn_implementation": _Key("attn_implementation", _text),
     "max_batch_size": _Key("max_batch_size", _positive_integer),
+    "concurrency": _Key("concurrency", _positive_integer),
     "prefix_cache_mb": _Key("prefix_cache_mb", _non_negative_integer),
     "log_predictions": _Key("log_predictions", _boolean),
 }
@@ -366,6 +375,10 @@ _COG_KEYS: Mapping[str, _Key] = {
         "cuda", _matching(r"\d+\.\d+(?:\.\d+)?", expected='a CUDA version in quotes like "12.4"')
     ),
     "python_version": _Key("python_version", _one_of(PYTHON_VERSIONS)),
+    "sdk_version": _Key(
+        "sdk_version",
+        _matching(r"\d+\.\d+\.\d+(?:(?:a|b|rc)\d+)?", expected='a Cog version in quotes like "0.23.1"'),
+    ),
     "extra_requirements": _Key("extra_requirements", _list_of(_pinned_requirement)),
     "system_packages": _Key("system_packages", _list_of(_apt_package)),
 }

@@ -14,7 +14,8 @@ generated code does, and the runtime in ``predictors/lmtp_runtime`` codes agains
      "checkpoint_dir": "checkpoints",
      "load": {"quantization": "8bit", "torch_dtype": "float16", "trust_remote_code": false,
               "device_map": null, "attn_implementation": null, "use_safetensors": null},
-     "serve": {"max_batch_size": 8, "prefix_cache_mb": null, "log_predictions": false},
+     "serve": {"max_batch_size": 8, "concurrency": 8, "prefix_cache_mb": null,
+               "log_predictions": false},
      "lmtp_cog_version": "0.1.0"}
 
 ``format`` changes only when a key changes meaning or disappears, so a runtime can refuse a file
@@ -73,6 +74,7 @@ def model_settings(
         },
         "serve": {
             "max_batch_size": args.max_batch_size,
+            "concurrency": args.concurrency,
             "prefix_cache_mb": args.prefix_cache_mb,
             "log_predictions": args.log_predictions,
         },

@@ -330,7 +330,11 @@ def _accepts_logits_to_keep(model_class: type) -> bool:
 
 
 class Engine:
-    """Generation and scoring for one loaded model. Not thread-safe: one prediction at a time."""
+    """Generation and scoring for one loaded model.
+
+    Not thread-safe: one thread runs it, the :class:`~.scheduler.BatchScheduler`'s, which batches
+    the work of concurrent predictions.
+    """
 
     def __init__(
         self,
@@ -403,6 +407,12 @@ class Engine:
         """Prompt tokens taken from the prefix cache instead of computed, so far."""
         return 0 if self.prefix_cache is None else self.prefix_cache.reused_tokens
 
+    @property
+    def resumes_cheaply(self) -> bool:
+        """Whether a stream stopped between steps resumes from its cached KV (one token fed)
+        rather than by feeding its whole sequence again: only with a prefix cache."""
+        return self.prefix_cache is not None
+
     def forget_prefixes(self) -> None:
         """Empty the prefix cache, e.g. to free memory for a batch that ran out of it."""
         if self.prefix_cache is not None:
@@ -418,6 +428,10 @@ class Engine:
         Each stream's state is updated before its event is yielded, so if a later step raises,
         the caller can resume the unfinished streams from exactly where they stopped. A stream
         that finishes leaves what it fed in the prefix cache, before its last event is yielded.
+
+        Closing the iterator between two steps (the scheduler does, to let newly arrived work
+        join the batch) leaves what every unfinished stream fed in the prefix cache too, so
+        resuming it feeds one token instead of its whole sequence.
         """
         active = [stream for stream in streams if stream.wants_tokens]
         if not active:
@@ -444,7 +458,11 @@ class Engine:
                     if isinstance(event, TokenEvent) and event.stream.finished:
                         # The last token was chosen, never fed: the cache holds all but it.
                         self._remember(event.stream.sequence[:-1], batch, row)
-            yield events
+            try:
+                yield events
+            except GeneratorExit:
+                self._remember_unfinished(active, batch)
+                raise
             going = [row for row, stream in enumerate(active) if not stream.finished]
             if not going:
                 return
@@ -457,6 +475,16 @@ class Engine:
                 sampler.observe(tokens)
                 logits = batch.step(tokens)
             active = [active[row] for row in going]
+
+    def _remember_unfinished(self, active: Sequence[GenerationStream], batch: DecodeBatch) -> None:
+        """Keep the KV of the rows that stop before their stream finished (see :meth:`generate`).
+
+        Row ``i`` of ``batch`` is ``active[i]``, which has fed all its tokens but the last one
+        chosen."""
+        with torch.inference_mode():
+            for row, stream in enumerate(active):
+                if not stream.finished:
+                    self._remember(stream.sequence[:-1], batch, row)
 
     def _advance(
         self, stream: GenerationStream, choice: Choice, row: int

@@ -6,9 +6,18 @@
     class Predictor(LmtpPredictor):
         settings_path = Path(__file__).with_name("model_settings.json")
 
-Cog finds ``setup`` and ``predict`` through inheritance. ``predict`` is a *sync* generator on
-purpose: coglet streams the chunks of sync generators as they are yielded, but collects an
-async generator's output and sends it at the end, which would defeat token streaming.
+Cog finds ``setup`` and ``predict`` through inheritance. ``predict`` is a coroutine that returns a
+*sync* generator, and that shape is chosen with measurements (``bench/coglet_probe.py``, coglet
+0.23.1): a sync ``predict`` streams but Cog runs only one at a time; an async generator runs
+concurrently but its output is collected and sent at the end, which would defeat token
+streaming; a coroutine returning a sync generator gets both, each prediction's chunks streamed
+from a thread of its own. Concurrent predictions share forward passes through one
+:class:`~.scheduler.BatchScheduler`. How many Cog runs at once is the model's
+``serve.concurrency``, declared with ``@cog.concurrent(max=N)`` on the subclass's ``predict``
+when ``predict.py`` is imported (:meth:`LmtpPredictor.__init_subclass__`).
+
+Python callers (tests, benchmarks) use :meth:`LmtpPredictor.stream`, the same answer as a plain
+iterator.
 
 One ``predict`` serves two modes, chosen by which input is given (exactly one of them):
 
@@ -22,9 +31,11 @@ One ``predict`` serves two modes, chosen by which input is given (exactly one of
 The text inputs are ignored in LMTP mode: Cog fills in their defaults on every prediction.
 """
 
+import contextvars
 import logging
 import os
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -33,7 +44,7 @@ from cog import ConcatenateIterator, Input
 from .errors import RuntimeSetupError, SettingsError, describe_exception
 from .offline import hub_offline
 from .protocol import error_line
-from .settings import ModelSettings, read_settings
+from .settings import ModelSettings, read_concurrency, read_settings
 from .text_request import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MIN_NEW_TOKENS,
@@ -51,6 +62,7 @@ with hub_offline():
     from .engine import Engine
     from .loading import load_model
     from .model_info import context_length, describe_model, eos_token_ids
+    from .scheduler import BatchScheduler
     from .serving import LmtpServer
     from .text_mode import TextGenerator
 
@@ -58,6 +70,11 @@ try:  # recent cog releases name the base class BaseRunner; older ones only have
     from cog import BaseRunner as _CogBase
 except ImportError:  # pragma: no cover - depends on the cog release in the image
     from cog import BasePredictor as _CogBase
+
+try:  # @cog.concurrent came with coglet; cog.yaml pins an SDK that has it (build.sdk_version)
+    from cog import concurrent as _cog_concurrent
+except ImportError:  # pragma: no cover - depends on the cog release in the image
+    _cog_concurrent = None
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +127,21 @@ class LmtpPredictor(_CogBase):
     tokenizer: Any = None
     """The loaded tokenizer (after :meth:`setup`)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Declare the subclass's concurrency to Cog: ``@cog.concurrent(max=N)`` on its own copy
+        of ``predict``, N being ``serve.concurrency`` from ``settings_path``.
+
+        The Cog CLI reads the declaration when it builds the image; the server itself only
+        reads ``COG_MAX_CONCURRENCY``, which ``cog build`` derives from it (and
+        ``lmtp_cog.cogserver`` sets when it runs a project locally).
+        """
+        super().__init_subclass__(**kwargs)
+        if cls.settings_path is None or "predict" in cls.__dict__ or _cog_concurrent is None:
+            return
+        concurrency = read_concurrency(cls.settings_path)
+        if concurrency > 1:
+            cls.predict = _cog_concurrent(max=concurrency)(_copy(LmtpPredictor.predict))
+
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | str | os.PathLike[str]) -> Self:
         """A ready predictor for these settings (a ``model_settings.json`` path or its dict)."""
@@ -149,22 +181,22 @@ class LmtpPredictor(_CogBase):
             settings, loaded, vocab_size=engine.vocab_size, context_length=window, eos_token_ids=eos
         )
         self.settings, self.model, self.tokenizer = settings, loaded.model, loaded.tokenizer
+        scheduler = BatchScheduler(engine, max_batch_size=settings.max_batch_size)
         self._server = LmtpServer(
-            engine,
-            model_info=info,
-            max_batch_size=settings.max_batch_size,
-            log_predictions=settings.log_predictions,
+            scheduler, model_info=info, log_predictions=settings.log_predictions
         )
-        self._text = TextGenerator(engine, loaded.tokenizer)
+        self._text = TextGenerator(scheduler, loaded.tokenizer)
         log.info(
-            "ready: vocabulary %d, context window %s, end-of-sequence ids %s, batches of up to %d",
+            "ready: vocabulary %d, context window %s, end-of-sequence ids %s, batches of up to "
+            "%d, up to %d predictions at once",
             engine.vocab_size,
             window,
             list(eos),
             settings.max_batch_size,
+            settings.concurrency,
         )
 
-    def predict(
+    async def predict(
         self,
         prompt: str | None = Input(default=None, description=PROMPT_DESCRIPTION),
         system_prompt: str | None = Input(default=None, description=SYSTEM_PROMPT_DESCRIPTION),
@@ -194,22 +226,31 @@ class LmtpPredictor(_CogBase):
     ) -> ConcatenateIterator[str]:
         """Generate text for ``prompt``, or answer ``ops_batch_json``'s LMTP ops (see LMTP.md).
 
+        Returns the chunks as a sync iterator, which Cog streams (see the module docstring).
+        It awaits nothing: the coroutine is done at its first step.
+
         Raises (text mode only; Cog fails the prediction with the message):
             TextInputError: both or neither of ``prompt`` and ``ops_batch_json``, or a text input
                 out of range or inconsistent; the message names the input.
-            TextGenerationError: the model could not go on (e.g. NaN logits).
+            TextGenerationError: the model could not go on (e.g. NaN logits), while iterating.
             RuntimeError: ``setup()`` has not run.
         """
         arguments = dict(locals())  # every input, as Cog filled it or as its Input(...) marker
         inputs = {name: _plain(value) for name, value in arguments.items() if name != "self"}
         ops = inputs.pop("ops_batch_json")
         if choose_mode(prompt=inputs["prompt"], ops_batch_json=ops) == "lmtp":
-            yield from self._lmtp(ops)
-            return
+            return _in_context(contextvars.copy_context(), self._lmtp(ops))
         request = text_request(**inputs)  # checked before the model is needed
         if self._text is None:
             raise RuntimeError(NOT_READY)
-        yield from self._text.generate(request)
+        return _in_context(contextvars.copy_context(), self._text.generate(request))
+
+    def stream(self, **inputs: Any) -> Iterator[str]:
+        """:meth:`predict` for Python callers: the same chunks, without an event loop.
+
+        Inputs not given take their defaults, as Cog would fill them in.
+        """
+        return _result_of(self.predict(**inputs))
 
     def _lmtp(self, ops_batch_json: object) -> Iterator[str]:
         if self._server is None:
@@ -227,10 +268,57 @@ class LmtpPredictor(_CogBase):
         return source
 
 
+def _copy(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A new function object with ``function``'s code, signature and metadata, to decorate
+    for one subclass without touching the base class's."""
+    assert isinstance(function, types.FunctionType)
+    copy = types.FunctionType(
+        function.__code__,
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__annotations__ = dict(function.__annotations__)
+    copy.__doc__ = function.__doc__
+    copy.__qualname__ = function.__qualname__
+    copy.__module__ = function.__module__
+    return copy
+
+
+def _in_context(context: contextvars.Context, chunks: Iterator[str]) -> Iterator[str]:
+    """``chunks``, each computed inside ``context``: the context of the ``predict`` call.
+
+    Cog attributes log lines to a prediction through context variables it sets around the
+    coroutine; the generator runs after the coroutine returned, in Cog's worker thread, where
+    they are unset. Without this, a prediction's log lines would go to the server's log only.
+    """
+    try:
+        while True:
+            try:
+                chunk = context.run(next, chunks)
+            except StopIteration:
+                return
+            yield chunk
+    finally:
+        context.run(chunks.close)  # closing runs the generator's own `finally` (its log line)
+
+
+def _result_of(coroutine: Coroutine[Any, Any, Iterator[str]]) -> Iterator[str]:
+    """Run a coroutine that awaits nothing to its end (see :meth:`LmtpPredictor.predict`)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("predict() awaited something; run it in an event loop instead")
+
+
 def _plain(value: object) -> object:
     """The value itself, or the default of an unfilled ``Input(...)``.
 
-    Cog fills every input; a direct Python call like ``predictor.predict()`` would otherwise
+    Cog fills every input; a direct Python call like ``predictor.stream()`` would otherwise
     receive the ``Input(...)`` marker object itself as the value.
     """
     return getattr(value, "default", None) if type(value).__name__ == "FieldInfo" else value

@@ -1,17 +1,19 @@
-"""One prediction's worth of LMTP: parse the batch, run ops together, stream lines, never raise.
+"""One prediction's worth of LMTP: parse the batch, hand the ops to the scheduler, stream lines,
+never raise.
 
 LMQL learns about failures only from error lines (an exception out of ``predict`` reaches it as
 an empty result and an obscure ``IndexError`` later), so everything here answers in band:
 
 - a malformed batch → one ``MSG`` error with a null stream id, and nothing else;
 - a bad op → one error line for that op; the others run;
-- a batch that fails while computing (e.g. CUDA out of memory) → the prefix cache is emptied
-  (its memory may be what the batch lacked), and the streams are retried one by one, each from
-  where it stopped; those that still fail get an error line.
+- a batch that fails while computing (e.g. CUDA out of memory) → the scheduler retries its ops
+  one by one (:mod:`.scheduler`); those that still fail get an error line.
 
-Order of answers: rejected ops and MODEL_INFO at once, then SCORE batches, then GENERATE
-batches, each step's tokens streamed as one chunk as soon as they are computed. A ``MSG`` line
-always travels alone in its chunk: LMQL's client stops reading a chunk after its first ``MSG``.
+Order of answers: rejected ops and MODEL_INFO at once, then the SCOREs, then the GENERATE
+streams' tokens, each decoding step's tokens as one chunk as soon as they are computed. The
+scheduler batches this prediction's ops with those of any other prediction running at the same
+time. A ``MSG`` line always travels alone in its chunk: LMQL's client stops reading a chunk
+after its first ``MSG``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-import torch
-
-from .engine import Engine, GenerationStream, ScoreResult, StreamError, TokenEvent
+from .engine import GenerationStream, ScoreResult, StreamError, TokenEvent
 from .errors import describe_exception
 from .protocol import (
     BatchFormatError,
@@ -42,10 +42,9 @@ from .protocol import (
     parse_ops_batch,
     token_line,
 )
+from .scheduler import BatchScheduler, Job
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -70,23 +69,24 @@ class _Tally:
 
 
 class LmtpServer:
-    """Answers LMTP op batches for one engine. One prediction at a time."""
+    """Answers LMTP op batches, any number at once, through one :class:`.BatchScheduler`."""
 
     def __init__(
         self,
-        engine: Engine,
+        scheduler: BatchScheduler,
         *,
         model_info: Mapping[str, Any],
-        max_batch_size: int,
         log_predictions: bool = True,
     ) -> None:
-        self.engine = engine
+        self.scheduler = scheduler
+        self.engine = scheduler.engine
         self.model_info = dict(model_info)
-        self.max_batch_size = max_batch_size
         # LMQL's Replicate client parses a prediction's log events as LMTP lines: the summary
         # goes to DEBUG unless the model's settings ask for it.
         self.summary_level = logging.INFO if log_predictions else logging.DEBUG
-        self.limits = Limits(vocab_size=engine.vocab_size, context_length=engine.context_length)
+        self.limits = Limits(
+            vocab_size=self.engine.vocab_size, context_length=self.engine.context_length
+        )
 
     def serve(self, ops_batch_json: object) -> Iterator[str]:
         """Yield chunks of whole ``TOKEN``/``MSG`` lines answering ``ops_batch_json``."""
@@ -103,6 +103,7 @@ class LmtpServer:
                 kind="MSG",
             )
         finally:
+            # With other predictions running, this counts their reuse too.
             tally.reused = self.engine.reused_prompt_tokens - reused_before
             log.log(self.summary_level, "%s", tally.summary())
 
@@ -118,86 +119,30 @@ class LmtpServer:
         for op in ops:
             if isinstance(op, RejectedOp | ModelInfoOp):
                 yield self._answer_at_once(op)  # alone in its chunk: see the module docstring
-        scores = [op for op in ops if isinstance(op, ScoreOp)]
-        for group in self._batches(scores, key=lambda op: len(op.prompt) + len(op.scored)):
-            yield from self._score(group, tally)
-        streams = [GenerationStream(op) for op in ops if isinstance(op, GenerateOp)]
-        for group in self._batches(streams, key=lambda stream: len(stream.op.prompt)):
-            yield from self._generate(group, tally)
+        job = Job([], [])
+        answers = self.scheduler.run(
+            scores=[op for op in ops if isinstance(op, ScoreOp)],
+            streams=[GenerationStream(op) for op in ops if isinstance(op, GenerateOp)],
+            job=job,
+        )
+        try:
+            for answer in answers:
+                if isinstance(answer, ScoreResult):
+                    tally.tokens += len(answer.logprobs)
+                    lines = _score_lines(answer)
+                else:
+                    tally.tokens += sum(isinstance(event, TokenEvent) for event in answer)
+                    lines = [_event_line(event) for event in answer]
+                if lines:
+                    yield join_lines(lines)
+        finally:
+            answers.close()  # a canceled prediction takes its streams out of the batch
+            tally.failures = job.failures
 
     def _answer_at_once(self, op: RejectedOp | ModelInfoOp) -> str:
         if isinstance(op, RejectedOp):
             return error_line(op.stream_id, op.error, kind=op.kind)
         return model_info_line(op.stream_id, self.model_info)
-
-    def _batches(self, items: Sequence[T], *, key: Callable[[T], int]) -> Iterator[list[T]]:
-        """Groups of at most ``max_batch_size``, similar lengths together (less padding)."""
-        ordered = sorted(items, key=key)
-        for start in range(0, len(ordered), self.max_batch_size):
-            yield ordered[start : start + self.max_batch_size]
-
-    def _recover(self, error: Exception, command: str, streams: int) -> None:
-        """Log a failed computation (the traceback goes to the log, never into a line) and free
-        what memory can be freed before the retry: the prefix cache and what the batch left."""
-        log.error("%s batch of %d stream(s) failed", command, streams, exc_info=error)
-        self.engine.forget_prefixes()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    # SCORE
-
-    def _score(self, ops: list[ScoreOp], tally: _Tally) -> Iterator[str]:
-        try:
-            results = self.engine.score(ops)
-        except Exception as error:
-            tally.failures += 1
-            self._recover(error, "SCORE", len(ops))
-            results = (
-                [self._score_alone(op, tally) for op in ops]
-                if len(ops) > 1
-                else [_failed(ops[0], error)]
-            )
-        for result in results:
-            lines = _score_lines(result)
-            tally.tokens += len(result.logprobs)
-            if lines:
-                yield join_lines(lines)
-
-    def _score_alone(self, op: ScoreOp, tally: _Tally) -> ScoreResult:
-        try:
-            return self.engine.score([op])[0]
-        except Exception as error:
-            tally.failures += 1
-            self._recover(error, "SCORE", 1)
-            return _failed(op, error)
-
-    # GENERATE
-
-    def _generate(self, streams: list[GenerationStream], tally: _Tally) -> Iterator[str]:
-        try:
-            yield from self._stream_events(streams, tally)
-            return
-        except Exception as error:
-            tally.failures += 1
-            self._recover(error, "GENERATE", len(streams))
-            if len(streams) == 1:
-                yield _stream_failed(streams[0], error)
-                return
-        # Each unfinished stream goes on alone from the tokens it already sent.
-        for stream in streams:
-            if stream.finished:
-                continue
-            try:
-                yield from self._stream_events([stream], tally)
-            except Exception as error:
-                tally.failures += 1
-                self._recover(error, "GENERATE", 1)
-                yield _stream_failed(stream, error)
-
-    def _stream_events(self, streams: list[GenerationStream], tally: _Tally) -> Iterator[str]:
-        for events in self.engine.generate(streams):
-            tally.tokens += sum(isinstance(event, TokenEvent) for event in events)
-            yield join_lines([_event_line(event) for event in events])
 
 
 def _command(op: Op) -> str:
@@ -240,14 +185,3 @@ def _score_lines(result: ScoreResult) -> list[str]:
             zip(result.op.scored, result.logprobs, strict=True)
         )
     ]
-
-
-def _failed(op: ScoreOp, error: Exception) -> ScoreResult:
-    return ScoreResult(op, error=f"computing this stream failed ({describe_exception(error)})")
-
-
-def _stream_failed(stream: GenerationStream, error: Exception) -> str:
-    stream.finished = True
-    return error_line(
-        stream.op.stream_id, f"computing this stream failed ({describe_exception(error)})"
-    )

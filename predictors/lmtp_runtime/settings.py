@@ -21,6 +21,7 @@ SETTINGS_FORMAT = 1
 QUANTIZATIONS = ("none", "8bit", "4bit")
 TORCH_DTYPES = ("float16", "bfloat16", "float32", "auto")
 DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class ModelSettings:
     huggingface: HubSource = field(default_factory=HubSource)
     load: LoadOptions = field(default_factory=LoadOptions)
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    concurrency: int = DEFAULT_CONCURRENCY
+    """``serve.concurrency``: most predictions Cog runs at once in one container; their work is
+    batched together (:mod:`.scheduler`). ``1``: one prediction at a time."""
     prefix_cache_mb: int | None = None
     """``serve.prefix_cache_mb``: MiB of KV cache kept across predictions for prompts that share
     a prefix (LMQL re-sends its whole growing prompt on every call); ``0`` turns reuse off.
@@ -120,6 +124,11 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
         raise SettingsError(
             f"{origin}: key 'serve.max_batch_size' must be at least 1, got {max_batch_size}."
         )
+    concurrency = serve.get("concurrency", int, default=DEFAULT_CONCURRENCY)
+    if concurrency < 1:
+        raise SettingsError(
+            f"{origin}: key 'serve.concurrency' must be at least 1, got {concurrency}."
+        )
     prefix_cache_mb = serve.get("prefix_cache_mb", int)
     if prefix_cache_mb is not None and prefix_cache_mb < 0:
         raise SettingsError(
@@ -158,12 +167,26 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
             prequantized=prequantized,
         ),
         max_batch_size=max_batch_size,
+        concurrency=concurrency,
         prefix_cache_mb=prefix_cache_mb,
         prefix_cache_gpu_share=None if gpu_share is None else float(gpu_share),
         log_predictions=serve.get("log_predictions", bool, default=False),
         destination=fields.get("destination", str),
         lmtp_cog_version=fields.get("lmtp_cog_version", str),
     )
+
+
+def read_concurrency(path: str | os.PathLike[str]) -> int:
+    """``serve.concurrency`` of the settings file at ``path``, or 1 if the file is unreadable.
+
+    Read when ``predict.py`` is imported, to declare the predictor's concurrency to Cog. A bad
+    file must not fail that import with a second, vaguer error: ``setup()`` reads the file
+    again and reports what is wrong with it.
+    """
+    try:
+        return read_settings(path).concurrency
+    except SettingsError:
+        return 1
 
 
 class _Fields:

@@ -27,9 +27,10 @@ from dataclasses import replace
 from typing import Any
 
 from .detokenize import IncrementalDetokenizer, StopSequenceFilter
-from .engine import Engine, GenerationStream, StreamError, TokenEvent
+from .engine import GenerationStream, StreamError, TokenEvent
 from .prompt_format import FormattedPrompt, format_prompt
 from .protocol import GenerateOp
+from .scheduler import BatchScheduler
 from .text_request import TextInputError, TextRequest
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,12 @@ class TextGenerationError(RuntimeError):
 
 
 class TextGenerator:
-    """Generates text for :class:`~.text_request.TextRequest` s. One prediction at a time."""
+    """Generates text for :class:`~.text_request.TextRequest` s, any number at once: their
+    streams are decoded by the scheduler, batched with each other and with LMTP work."""
 
-    def __init__(self, engine: Engine, tokenizer: Any) -> None:
-        self.engine = engine
+    def __init__(self, scheduler: BatchScheduler, tokenizer: Any) -> None:
+        self.scheduler = scheduler
+        self.engine = scheduler.engine
         self.tokenizer = tokenizer
 
     def generate(self, request: TextRequest) -> Iterator[str]:
@@ -124,11 +127,15 @@ class TextGenerator:
             yield from self._run(rest)
 
     def _run(self, stream: GenerationStream) -> Iterator[TokenEvent]:
-        for events in self.engine.generate([stream]):
-            for event in events:
-                if isinstance(event, StreamError):
-                    raise TextGenerationError(event.message)
-                yield event
+        answers = self.scheduler.run(streams=[stream])
+        try:
+            for events in answers:
+                for event in events:
+                    if isinstance(event, StreamError):
+                        raise TextGenerationError(event.message)
+                    yield event
+        finally:
+            answers.close()  # the text ended early: the stream leaves the batch at once
 
     def _room_left(self, stream: GenerationStream) -> bool:
         """Whether ``stream`` may take another token: under its limit and inside the window."""

@@ -6,7 +6,7 @@ in and out); generic Replicate clients (the ``replicate`` package, LiteLLM, prom
 ``top_p``, ``top_k``, ``repetition_penalty``, ``stop_sequences``, ``seed`` and so on.
 
 Cog's schema rejects most out-of-range values with a 422 before the model runs, but a direct
-Python call (``predictor.predict(prompt="hi", top_p=0)``) and the bounds Cog cannot express
+Python call (``predictor.stream(prompt="hi", top_p=0)``) and the bounds Cog cannot express
 (``top_p > 0``: Cog's ``Input`` has ``ge``/``le`` only) are checked here. Every problem is a
 :class:`TextInputError` naming the input: in text mode an exception out of ``predict`` is what
 Replicate's LLM clients expect (the prediction fails with that message), unlike LMTP, where LMQL

@@ -73,7 +73,7 @@ def predictors(built: tuple[Project, BuildRun], model_dir: Path) -> Iterator[dic
 
 
 def _lines(predictor: Any, ops: list[Any]) -> list[dict[str, Any]]:
-    output = "".join(predictor.predict(ops_batch_json=json.dumps(ops)))
+    output = "".join(predictor.stream(ops_batch_json=json.dumps(ops)))
     return [json.loads(line.partition(" ")[2]) for line in output.splitlines() if line]
 
 

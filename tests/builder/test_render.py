@@ -282,7 +282,12 @@ def test_model_settings_document(tmp_path: Path, runtime_dir: Path):
             "attn_implementation": None,
             "use_safetensors": None,
         },
-        "serve": {"max_batch_size": 8, "prefix_cache_mb": None, "log_predictions": False},
+        "serve": {
+            "max_batch_size": 8,
+            "concurrency": 8,
+            "prefix_cache_mb": None,
+            "log_predictions": False,
+        },
         "lmtp_cog_version": "0.1.0",
     }
 
@@ -598,8 +603,9 @@ def test_injected_settings_stay_data(
     assert document["build"]["cuda"] == model.cog.cuda
     assert document["build"]["python_version"] == model.cog.python_version
     assert document["build"]["system_packages"] == list(model.cog.system_packages)
+    assert document["build"]["sdk_version"] == model.cog.sdk_version
     assert set(document["build"]) == {
-        "gpu", "python_version", "cuda", "python_requirements", "system_packages"
+        "gpu", "python_version", "cuda", "sdk_version", "python_requirements", "system_packages"
     }
 
     # model_settings.json round-trips every value.

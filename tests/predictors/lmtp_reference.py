@@ -386,7 +386,7 @@ def collect(
 
     def consume() -> None:
         try:
-            chunks.extend(predictor.predict(ops_batch_json=ops_batch_json))
+            chunks.extend(predictor.stream(ops_batch_json=ops_batch_json))
         except BaseException as error:  # reported to the test below
             failure.append(error)
 

@@ -104,7 +104,8 @@ def test_cog_finds_the_inherited_predict_signature(project: Path, server: CogSer
         "field = info.inputs['ops_batch_json']\n"
         "print(json.dumps({'inputs': list(info.inputs), 'type': field.type.primitive.name,\n"
         "    'required': field.type.repetition.name, 'description': field.description,\n"
-        "    'output': [info.output.kind.name, info.output.type.name]}))\n"
+        "    'output': [info.output.kind.name, info.output.type.name],\n"
+        "    'concurrency': __import__('predict').Predictor.predict.__cog_concurrent_max__}))\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run(
@@ -121,7 +122,10 @@ def test_cog_finds_the_inherited_predict_signature(project: Path, server: CogSer
     assert (schema["type"], schema["required"]) == ("STRING", "OPTIONAL")
     assert "GENERATE" in schema["description"]
     assert schema["output"] == ["CONCAT_ITERATOR", "STRING"]
-    assert "Detected sync predict()" in server.setup_logs  # type: ignore[attr-defined]
+    # @cog.concurrent(max=serve.concurrency), which `cog build` turns into COG_MAX_CONCURRENCY.
+    settings = json.loads((project / "model_settings.json").read_text())
+    assert schema["concurrency"] == settings["serve"]["concurrency"] == 8
+    assert "Detected async predict()" in server.setup_logs  # type: ignore[attr-defined]
 
 
 def test_a_prediction_through_cog_answers_every_command(
@@ -157,7 +161,7 @@ def test_a_prediction_through_cog_answers_every_command(
     assert info["model_info"]["name"] == "tiny" and info["model_info"]["vocab_size"] > 0
 
     # The same ops in this process, on the same checkpoint, give the same answers.
-    local = parse_output(list(load_predictor(llama_dir).predict(ops_batch_json=json.dumps(ops))))
+    local = parse_output(list(load_predictor(llama_dir).stream(ops_batch_json=json.dumps(ops))))
     for stream_id, count in ((1, 4), (2, 2), (3, 3)):
         remote = [data for _, data in lines if data["stream_id"] == stream_id]
         expected = [data for _, data in local if data["stream_id"] == stream_id]

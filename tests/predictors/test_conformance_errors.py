@@ -340,7 +340,7 @@ def test_odd_input_is_answered_in_band(llama: Harness, case: Case, name: str) ->
 def test_an_abandoned_prediction_leaves_the_predictor_usable(llama: Harness, case: Case) -> None:
     """Cog stops reading when a prediction is cancelled: the next one must be unaffected."""
     before, after = _valid_ops(llama, case)
-    abandoned = llama.predictor.predict(
+    abandoned = llama.predictor.stream(
         ops_batch_json=json.dumps(
             [generate_op(case.prompt, stream_id="gone", max_tokens=20), after]
         )

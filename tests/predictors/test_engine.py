@@ -100,7 +100,7 @@ def parse_lines(chunks: Iterable[str]) -> list[Line]:
 
 
 def run(predictor: Any, ops: Sequence[Sequence[Any]]) -> list[Line]:
-    return parse_lines(predictor.predict(ops_batch_json=json.dumps(ops)))
+    return parse_lines(predictor.stream(ops_batch_json=json.dumps(ops)))
 
 
 def of_stream(lines: Sequence[Line], stream_id: Any) -> list[dict[str, Any]]:
@@ -739,13 +739,15 @@ def test_reported_logprobs_are_floored_instead_of_infinite(llama: Any) -> None:
 # --- the predictor --------------------------------------------------------------------------------
 
 
-def test_predict_is_a_sync_generator_that_streams_each_step(llama: Any) -> None:
-    assert inspect.isgeneratorfunction(LmtpPredictor.predict)
-    chunks = llama.predict(
+def test_predict_returns_a_sync_generator_that_streams_each_step(llama: Any) -> None:
+    """Cog streams a sync generator that an async predict returns (bench/coglet_probe.py)."""
+    assert inspect.iscoroutinefunction(LmtpPredictor.predict)
+    chunks = llama.stream(
         ops_batch_json=json.dumps(
             [generate(PROMPTS[0], 1, max_tokens=3), generate(PROMPTS[1], 2, max_tokens=3)]
         )
     )
+    assert inspect.isgenerator(chunks)
     first = parse_lines([next(chunks)])
     assert sorted(data["stream_id"] for _, data in first) == [1, 2]
     assert len(parse_lines(chunks)) == 4
@@ -760,7 +762,7 @@ def test_msg_lines_travel_alone_in_their_chunk(llama: Any) -> None:
         generate(PROMPTS[1], 4, max_tokens=-1),
         ["MODEL_INFO", {"stream_id": 5}],
     ]
-    chunks = list(llama.predict(ops_batch_json=json.dumps(ops)))
+    chunks = list(llama.stream(ops_batch_json=json.dumps(ops)))
     lines = [line for chunk in chunks for line in chunk.splitlines()]
     assert sum(line.startswith("MSG ") for line in lines) == 3
     for chunk in chunks:
@@ -771,12 +773,12 @@ def test_msg_lines_travel_alone_in_their_chunk(llama: Any) -> None:
 def test_predict_without_any_input_is_a_clear_input_error(llama: Any) -> None:
     """Neither ``prompt`` nor ``ops_batch_json``: the prediction fails with one sentence."""
     with pytest.raises(TextInputError, match="prompt.*ops_batch_json"):
-        list(llama.predict())
-    assert parse_lines(llama.predict(ops_batch_json="[]")) == []
+        list(llama.stream())
+    assert parse_lines(llama.stream(ops_batch_json="[]")) == []
 
 
 def test_a_predictor_that_is_not_set_up_answers_in_band() -> None:
-    [(kind, data)] = parse_lines(LmtpPredictor().predict(ops_batch_json="[]"))
+    [(kind, data)] = parse_lines(LmtpPredictor().stream(ops_batch_json="[]"))
     assert (kind, data) == ("MSG", {"stream_id": None, "error": NOT_READY})
 
 

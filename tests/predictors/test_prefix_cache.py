@@ -35,6 +35,7 @@ from lmtp_runtime.prefix_cache import (
     shared_prefixes,
 )
 from lmtp_runtime.protocol import GenerateOp, Sampling, ScoreOp
+from lmtp_runtime.scheduler import BatchScheduler
 from lmtp_runtime.serving import LmtpServer
 from lmtp_runtime.settings import read_settings
 from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
@@ -557,6 +558,10 @@ def test_a_sliding_window_model_serves_without_reuse() -> None:
 GREEDY = {"temperature": 0, "logit_bias": {str(EOS): -100}}
 
 
+def _server(engine: Engine) -> LmtpServer:
+    return LmtpServer(BatchScheduler(engine, max_batch_size=8), model_info={})
+
+
 def _serve(server: LmtpServer, ops: list[Any]) -> list[dict[str, Any]]:
     chunks = server.serve(json.dumps(ops))
     return [json.loads(line.split(" ", 1)[1]) for chunk in chunks for line in chunk.splitlines()]
@@ -566,7 +571,7 @@ def test_each_prediction_logs_the_prompt_tokens_it_reused(
     models: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     cached, _ = engines(models["llama"])
-    server = LmtpServer(cached, model_info={}, max_batch_size=8)
+    server = _server(cached)
     caplog.set_level(logging.INFO, logger="lmtp_runtime")
     prompt = list(range(1, 33))
     first = _serve(server, [["GENERATE", {"prompt": prompt, "max_tokens": 4, **GREEDY}]])
@@ -582,7 +587,7 @@ def test_a_failed_batch_empties_the_cache_before_its_streams_are_retried(
 ) -> None:
     model = models["llama"]
     cached, plain = engines(model)
-    server = LmtpServer(cached, model_info={}, max_batch_size=8)
+    server = _server(cached)
     _serve(server, [["GENERATE", {"prompt": [1, 2, 3, 4], "max_tokens": 2, **GREEDY}]])
 
     def fail_batches(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
@@ -617,7 +622,7 @@ def test_one_prediction_of_scores_sharing_a_prompt_answers_as_one_per_prediction
     """Workload 2 of the benchmark, small: ``distribution`` sent as one prediction."""
     model = models["llama"]
     cached, plain = engines(model)
-    server, alone = (LmtpServer(e, model_info={}, max_batch_size=8) for e in (cached, plain))
+    server, alone = (_server(e) for e in (cached, plain))
     prompt = random_prompt(random.Random(2), 48, model.config.vocab_size)
     ops = [
         ["SCORE", {"prompt": prompt, "scored": [40 + row, 41, 42][: 1 + row % 3], "stream_id": row}]
@@ -647,7 +652,7 @@ def test_the_predictor_reuses_prefixes_by_default(
     generated = []
     for _ in range(2):
         ops = [["GENERATE", {"prompt": [*prompt, *generated], "max_tokens": 4, **GREEDY}]]
-        for chunk in predictor.predict(ops_batch_json=json.dumps(ops)):
+        for chunk in predictor.stream(ops_batch_json=json.dumps(ops)):
             generated += [json.loads(line.split(" ", 1)[1])["token"] for line in chunk.splitlines()]
     summaries = [r.getMessage() for r in caplog.records if r.name == "lmtp_runtime.serving"]
     assert f"; {len(prompt) + 3} prompt tokens from the prefix cache;" in summaries[-1]

@@ -96,7 +96,7 @@ def local(project: Path) -> Any:
 def local_chunks(local: Any, inputs: dict[str, Any]) -> list[str]:
     """What ``predict`` yields for ``inputs``; like Cog, inputs it does not take are ignored."""
     known = inspect.signature(LmtpPredictor.predict).parameters
-    return list(local.predict(**{name: value for name, value in inputs.items() if name in known}))
+    return list(local.stream(**{name: value for name, value in inputs.items() if name in known}))
 
 
 def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:

@@ -118,7 +118,7 @@ def eos_id(checkpoint: Path) -> int:
 
 
 def chunks_of(predictor: Any, **inputs: Any) -> list[str]:
-    chunks = list(predictor.predict(**inputs))
+    chunks = list(predictor.stream(**inputs))
     assert all(isinstance(chunk, str) and chunk for chunk in chunks), chunks
     return chunks
 
@@ -200,7 +200,7 @@ def test_text_mode_and_lmtp_share_the_decoding(chat: Any, chat_dir: Path) -> Non
     settings = {"temperature": 0.9, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.3}
     op = {"prompt": chat_ids(chat_dir, PROMPT), "max_tokens": 16, "seed": 11, **settings}
 
-    lines = list(chat.predict(ops_batch_json=json.dumps([["GENERATE", op]])))
+    lines = list(chat.stream(ops_batch_json=json.dumps([["GENERATE", op]])))
     tokens = [json.loads(line.split(" ", 1)[1]) for chunk in lines for line in chunk.splitlines()]
     ids = [t["token"] for t in tokens if t["finish_reason"] != "stop"]
 
@@ -362,7 +362,7 @@ def test_streamed_text_never_splits_a_character(byte_dir: Path, load_predictor: 
     prompt_ids = list(reference_tokenizer(byte_dir)(MULTIBYTE_TEXT)["input_ids"])
     settings = {"temperature": 1.0, "seed": 3}
     op = {"prompt": prompt_ids, "max_tokens": 60, **settings}
-    lines = list(predictor.predict(ops_batch_json=json.dumps([["GENERATE", op]])))
+    lines = list(predictor.stream(ops_batch_json=json.dumps([["GENERATE", op]])))
     tokens = [json.loads(line.split(" ", 1)[1]) for chunk in lines for line in chunk.splitlines()]
     ids = [t["token"] for t in tokens if t["finish_reason"] != "stop"]
 
@@ -383,7 +383,7 @@ def test_streamed_text_never_splits_a_character(byte_dir: Path, load_predictor: 
 )
 def test_exactly_one_of_prompt_and_ops_batch_json(chat: Any, inputs: dict[str, Any]) -> None:
     with pytest.raises(TextInputError, match="prompt.*ops_batch_json"):
-        list(chat.predict(**inputs))
+        list(chat.stream(**inputs))
 
 
 @pytest.mark.parametrize(
@@ -408,7 +408,7 @@ def test_out_of_range_inputs_are_refused_naming_the_input(
     chat: Any, name: str, value: Any
 ) -> None:
     with pytest.raises(TextInputError, match=rf"^{name} must be"):
-        list(chat.predict(prompt=PROMPT, **{name: value}))
+        list(chat.stream(prompt=PROMPT, **{name: value}))
 
 
 @pytest.mark.parametrize(
@@ -428,7 +428,7 @@ def test_inconsistent_text_inputs_are_refused(
     chat: Any, inputs: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(TextInputError, match=message):
-        list(chat.predict(**{"prompt": PROMPT, **inputs}))
+        list(chat.stream(**{"prompt": PROMPT, **inputs}))
 
 
 def test_agreeing_token_limits_are_fine(chat: Any) -> None:
@@ -441,24 +441,24 @@ def test_agreeing_token_limits_are_fine(chat: Any) -> None:
 
 def test_direct_calls_with_the_defaults_work_in_both_modes(chat: Any) -> None:
     assert text_of(chat, prompt="hi")  # temperature 0.7, top_p 0.95, 128 tokens at most
-    [info] = list(chat.predict(ops_batch_json=json.dumps([["MODEL_INFO", {"stream_id": 1}]])))
+    [info] = list(chat.stream(ops_batch_json=json.dumps([["MODEL_INFO", {"stream_id": 1}]])))
     assert info.startswith('MSG {"stream_id":1,"model_info":')
 
 
 @pytest.mark.parametrize("ops_batch_json", ["GENERATE please", ""])
 def test_lmtp_errors_stay_in_band(chat: Any, ops_batch_json: str) -> None:
-    [line] = list(chat.predict(ops_batch_json=ops_batch_json))
+    [line] = list(chat.stream(ops_batch_json=ops_batch_json))
     assert line.startswith('MSG {"stream_id":null,"error":"invalid ops_batch_json: ')
 
 
 def test_an_empty_prompt_is_refused_when_nothing_is_left_to_read(plain: Any) -> None:
     with pytest.raises(TextInputError, match="The prompt is empty once formatted"):
-        list(plain.predict(prompt=""))
+        list(plain.stream(prompt=""))
 
 
 def test_text_mode_before_setup_fails_with_a_clear_message() -> None:
     with pytest.raises(RuntimeError, match=re.escape(NOT_READY)):
-        list(LmtpPredictor().predict(prompt=PROMPT))
+        list(LmtpPredictor().stream(prompt=PROMPT))
 
 
 # --- tokenizers that split characters -------------------------------------------------------------
