@@ -105,22 +105,25 @@ class BatchScheduler:
         streams: Sequence[GenerationStream] = (),
         job: Job | None = None,
     ) -> Iterator[Answer]:
-        """Submit this work and yield its answers as the model produces them.
+        """Submit this work now; return an iterator of its answers as the model produces them.
 
-        Stopping the iteration early cancels what is left of the work.
+        Closing the iterator before its end cancels what is left of the work.
 
         Args:
             job: pass a :class:`Job` of your own to read its ``failures`` afterwards; its
                 ``scores`` and ``streams`` are replaced by these.
 
         Raises:
-            SchedulerStopped: the scheduler's thread is gone.
+            SchedulerStopped: the scheduler's thread is gone (now, or while iterating).
         """
         job = job or Job([], [])
         job.scores, job.streams = list(scores), list(streams)
         if not job.scores and not any(stream.wants_tokens for stream in job.streams):
-            return
+            return _no_answers()
         self._submit(job)
+        return self._answers(job)
+
+    def _answers(self, job: Job) -> Iterator[Answer]:
         try:
             while True:
                 answer = self._next_answer(job)
@@ -333,6 +336,11 @@ class BatchScheduler:
             if not job._done:
                 job._done = True
                 job.answers.put(_Done(error=message))
+
+
+def _no_answers() -> Iterator[Answer]:
+    """The answers to no work: an iterator that can be closed like the others."""
+    yield from ()
 
 
 def _groups(items: list, size: int, *, key) -> Iterator[list]:  # type: ignore[type-arg]
