@@ -196,3 +196,88 @@ def test_a_broken_checkpoint_fails_setup_with_a_clear_message(
     assert health["status"] == "SETUP_FAILED"
     assert "Could not read the model configuration" in health["setup"]["logs"]
     assert "checkpoints/config.json" in health["setup"]["logs"]
+
+
+# --- concurrent predictions -----------------------------------------------------------------------
+
+STREAMED_TOKENS = 200
+"""Long enough that three predictions sent at once overlap by a wide margin."""
+
+
+@pytest.fixture(scope="module")
+def streaming_server(
+    tmp_path_factory: pytest.TempPathFactory, llama_dir: Path, make_settings: Callable[..., Any]
+) -> Iterator[CogServer]:
+    """The project with the OpenAPI schema `cog build` writes, so that Cog streams events."""
+    from lmtp_cog.serve.openapi import write_openapi_schema
+
+    project = assemble_project(
+        tmp_path_factory.mktemp("cog-streaming"), llama_dir, make_settings(llama_dir)
+    )
+    write_openapi_schema(project)
+    with start(project) as running:
+        running.wait_ready(timeout=STARTUP_TIMEOUT_S)
+        yield running
+
+
+def test_concurrent_predictions_run_at_once_and_each_streams_its_own_answer(
+    streaming_server: CogServer, llama_dir: Path, load_predictor: Callable[..., Any]
+) -> None:
+    """Three predictions at once (concurrency 8): none waits for another, each streams.
+
+    What each got equals what it gets alone, and its logs hold its own line only: Cog ties a
+    log line to its prediction through context variables, which the runtime carries into the
+    generator Cog iterates in its worker thread.
+    """
+    import threading
+    import time
+
+    from lmtp_cog.serve.cog_client import CogClient, Started
+
+    text = {"prompt": "the cat", "max_new_tokens": STREAMED_TOKENS,
+            "min_new_tokens": STREAMED_TOKENS, "temperature": 0}
+    op = {"prompt": PROMPT, "max_tokens": STREAMED_TOKENS, "temperature": 0, "stream_id": 7,
+          "logit_bias": {"2": -100}}
+    inputs = [text, {**text, "prompt": "a dog"}, {"ops_batch_json": json.dumps([["GENERATE", op]])}]
+    client = CogClient(streaming_server.url)
+    timelines: list[dict[str, Any]] = [{} for _ in inputs]
+    started = time.perf_counter()
+
+    def follow(index: int) -> None:
+        answer = client.start(f"concurrent-{index}", inputs[index])
+        assert isinstance(answer, Started), answer  # not Busy: Cog took all three at once
+        record = timelines[index]
+        record.update(outputs=[], logs="", arrivals=[])
+        for name, data in answer.events():
+            if name == "output":
+                record["outputs"].append(data["chunk"])
+                record["arrivals"].append(time.perf_counter() - started)
+            elif name == "log":
+                record["logs"] += data.get("data", "")
+            elif name == "completed":
+                record["status"], record["completed"] = data["status"], time.perf_counter() - started
+                break
+        answer.close()
+
+    threads = [threading.Thread(target=follow, args=(index,)) for index in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=REQUEST_TIMEOUT_S)
+
+    assert [record.get("status") for record in timelines] == ["succeeded"] * 3, timelines
+    # Each streamed in many pieces, and each had its first piece before any of them ended.
+    assert all(len(record["outputs"]) > 10 for record in timelines)
+    assert max(r["arrivals"][0] for r in timelines) < min(r["completed"] for r in timelines)
+
+    local = load_predictor(llama_dir)
+    for record, given in zip(timelines[:2], inputs[:2], strict=True):
+        assert "".join(record["outputs"]) == "".join(local.stream(**given))
+    # Batched with the others, the LMTP stream has the same tokens; logprobs differ by rounding.
+    remote = [data for _, data in parse_output(timelines[2]["outputs"])]
+    alone = [data for _, data in parse_output(list(local.stream(**inputs[2])))]
+    assert [d["token"] for d in remote] == [d["token"] for d in alone]
+    assert [d["logprob"] for d in remote] == pytest.approx([d["logprob"] for d in alone], abs=1e-4)
+    for record in timelines[:2]:
+        assert record["logs"].count("text prediction: ") == 1, record["logs"]
+    assert "text prediction: " not in timelines[2]["logs"]
