@@ -2,7 +2,8 @@
 
 Every backend has the same small surface, :class:`Backend`: ``predict(ops)`` answers one
 prediction's list of ``[COMMAND, ARGS]`` pairs with an iterator of ``TOKEN``/``MSG`` chunks, like
-a Cog predictor's ``predict(ops_batch_json=...)``.
+a Cog predictor's ``predict(ops_batch_json=...)``, and ``concurrency`` says how many predictions
+Cog would run at once (the workloads call ``predict`` from that many threads).
 
 - ``ours``: :class:`lmtp_runtime.predictor.LmtpPredictor`, built with ``from_settings``.
 - ``lmql``: LMQL 0.7.3's own ``Scheduler`` and ``TokenSession`` over its Transformers
@@ -37,6 +38,7 @@ Ops = Sequence[Sequence[Any]]
 
 class Backend(Protocol):
     name: str
+    concurrency: int
 
     def predict(self, ops: Ops) -> Iterator[str]: ...
 
@@ -75,6 +77,7 @@ class OursBackend:
         from lmtp_runtime.predictor import LmtpPredictor
 
         self._predictor = LmtpPredictor.from_settings(ours_settings(checkpoint_dir))
+        self.concurrency = self._predictor.settings.concurrency
 
     def predict(self, ops: Ops) -> Iterator[str]:
         return iter(self._predictor.stream(ops_batch_json=json.dumps(ops)))
@@ -94,6 +97,8 @@ def add_predictors_to_path() -> None:
 
 class LmqlSchedulerBackend:
     name = "lmql"
+    concurrency = 1
+    """The template's ``predict`` is a sync generator: Cog runs one prediction at a time."""
     model_args: dict[str, Any] = {"device_map": "auto"}
     """What LMQL's Replicate template passes when config.json sets nothing else."""
 

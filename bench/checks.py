@@ -5,7 +5,9 @@
 - Workload 2's SCORE logprobs are compared with ``floor-recompute`` (the plainest computation);
   float32 on different batch shapes differs in the last digits, so the largest gap is reported.
 - Workload 3's seeded samples are compared with ``floor-prefix`` for information only: LMTP
-  promises reproducible seeds, not the floor's order of random draws.
+  promises reproducible seeds, not the floor's order of random draws. Ours must draw the same
+  samples whether the streams come as one prediction or as concurrent ones (batched with each
+  other by the scheduler): the run fails otherwise.
 - Token lines beyond ``max_tokens`` are counted (LMQL's duplicated last token).
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from plan import DISTRIBUTION_ROWS, SAMPLING_ROW, TRACE_ROWS
+from plan import DISTRIBUTION_ROWS, SAMPLING_ROWS, TRACE_ROWS
 from workloads import Run
 
 Runs = dict[tuple[str, int, str], Run]
@@ -33,8 +35,10 @@ def check_outputs(runs: Runs, *, repeats: int, servers: Sequence[str]) -> tuple[
     for row in DISTRIBUTION_ROWS:
         lines += _score_gaps(runs, row=row, repeats=repeats, servers=servers)
     lines += _seeded_samples(runs, repeats=repeats, servers=servers)
+    batching_agrees, batching_lines = _samples_whatever_the_batching(runs, repeats=repeats)
+    lines += batching_lines
     lines += _surplus(runs, servers=servers)
-    return agree, lines
+    return agree and batching_agrees, lines
 
 
 def _greedy_tokens(
@@ -77,15 +81,30 @@ def _score_gaps(runs: Runs, *, row: str, repeats: int, servers: Sequence[str]) -
 
 
 def _seeded_samples(runs: Runs, *, repeats: int, servers: Sequence[str]) -> list[tuple[str, str]]:
+    row = SAMPLING_ROWS[0]
     same = [
-        runs[(SAMPLING_ROW, r, "ours")].tokens == runs[(SAMPLING_ROW, r, "floor-prefix")].tokens
+        runs[(row, r, "ours")].tokens == runs[(row, r, "floor-prefix")].tokens
         for r in range(repeats)
-        if (SAMPLING_ROW, r, "ours") in runs and (SAMPLING_ROW, r, "floor-prefix") in runs
+        if (row, r, "ours") in runs and (row, r, "floor-prefix") in runs
     ]
     if not same:
         return []
     outcome = f"identical in {sum(same)}/{len(same)} runs (information only)"
-    return [(f"{SAMPLING_ROW}: seeded samples of ours vs floor-prefix", outcome)]
+    return [(f"{row}: seeded samples of ours vs floor-prefix", outcome)]
+
+
+def _samples_whatever_the_batching(runs: Runs, *, repeats: int) -> tuple[bool, list[tuple[str, str]]]:
+    """Ours, same seeds and prompt: one prediction of 4 streams vs 4 concurrent predictions."""
+    one, separate = SAMPLING_ROWS
+    same = [
+        runs[(one, r, "ours")].tokens == runs[(separate, r, "ours")].tokens
+        for r in range(repeats)
+        if (one, r, "ours") in runs and (separate, r, "ours") in runs
+    ]
+    if not same:
+        return True, []
+    outcome = f"identical in {sum(same)}/{len(same)} runs" if all(same) else f"**differ** in {same.count(False)}/{len(same)} runs"
+    return all(same), [(f"{separate}: seeded samples of ours, concurrent predictions vs one", outcome)]
 
 
 def _surplus(runs: Runs, *, servers: Sequence[str]) -> list[tuple[str, str]]:

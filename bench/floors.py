@@ -41,6 +41,9 @@ def load_bare_model(checkpoint_dir: Path) -> Any:
 class FloorBackend:
     """A bare greedy/sampling loop that answers LMTP ops one at a time."""
 
+    concurrency = 1
+    """A bare loop serves one prediction at a time."""
+
     def __init__(self, model: Any, *, kind: FloorKind) -> None:
         self.name = kind
         self._model = model

@@ -45,8 +45,10 @@ LMQL_NOTES = (
     "LMQL's SCORE (`TransformersLLM.score`) runs its forward pass with autograd enabled (LMQL never "
     "disables it) and takes the log-softmax over the 32k-wide logits of every position of every "
     "row, where only the scored positions are needed.",
-    "Separate predictions are served one after another, as Cog serves a sync `predict`, for LMQL's "
-    "template and ours alike.",
+    "Separate predictions are sent at once and served as Cog serves them: ours up to 8 at a time "
+    "(`config.concurrency`), each in a thread of its own, their work batched by the scheduler; "
+    "LMQL's template one after another (its `predict` is a sync generator, which Cog runs one at "
+    "a time). The floors are single loops and serve them one after another.",
 )
 
 
@@ -145,9 +147,10 @@ def _run_warm(
 ) -> Runs:
     """Every step on every server, ``repeats`` times; the times go to ``results``."""
     runs: Runs = {}
+    index_of = {step.row.key: index for index, step in enumerate(steps)}
     for repeat in range(repeats):
         for index, step in enumerate(steps):
-            seed = 1000 * (repeat + 1) + index
+            seed = 1000 * (repeat + 1) + index_of.get(step.same_requests_as or "", index)
             for name in _rotated([n for n in servers if n in step.backends], repeat):
                 run = step.run(servers[name], seed)
                 runs[(step.row.key, repeat, name)] = run

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,7 +49,7 @@ class Sizes:
     sampling_prompt: int = 64
     sampling_streams: int = 4
     sampling_tokens: int = 128
-    cold_start_runs: int = 3
+    cold_start_runs: int = 5
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -109,14 +110,18 @@ def _request(backend: Backend, ops: list[list[Any]]) -> Collected:
 def _send(backend: Backend, ops: list[list[Any]], *, mode: Mode) -> tuple[float, list[Collected]]:
     """Send ``ops`` as one prediction, or as one prediction per op.
 
-    Separate predictions are served one after another: LMQL's client sends them concurrently,
-    but Cog runs a sync ``predict`` (ours and LMQL's template alike) one prediction at a time.
+    Separate predictions are all sent at once, as LMQL's client sends them, and served as Cog
+    serves them: up to ``backend.concurrency`` at a time, each in a thread of its own (ours runs
+    8 at once; LMQL's template has a sync ``predict``, which Cog runs one at a time).
     """
     started = time.perf_counter()
     if mode == "one-prediction":
         results = [_request(backend, ops)]
-    else:
+    elif backend.concurrency == 1:
         results = [_request(backend, [op]) for op in ops]
+    else:
+        with ThreadPoolExecutor(max_workers=backend.concurrency) as pool:
+            results = list(pool.map(lambda op: _request(backend, [op]), ops))
     return time.perf_counter() - started, results
 
 
