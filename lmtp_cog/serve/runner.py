@@ -1,9 +1,10 @@
 """Running predictions on the Cog server in arrival order, one thread per prediction.
 
-Cog answers 409 to a prediction while all its slots are busy (one slot for a sync ``predict``), so
-the API keeps its own queue. Each prediction is offered to Cog once on arrival: an invalid input is
-refused there and then (Cog checks the input before its capacity; the API passes the 422 on), a
-valid one either starts or joins the queue. Only the head of the queue asks again: when a
+Cog answers 409 to a prediction while all its slots are busy (as many slots as the model's
+``serve.concurrency``, which :class:`~lmtp_cog.cogserver.CogServer` passes to Cog as
+``COG_MAX_CONCURRENCY``), so the API keeps its own queue. Each prediction is offered to Cog once
+on arrival: an invalid input is refused there and then (Cog checks the input before its
+capacity; the API passes the 422 on), a valid one either starts or joins the queue. Only the head of the queue asks again: when a
 prediction ends, and every ``retry_interval`` seconds while Cog still says 409 (it frees its slot
 a moment after its ``completed`` event; a 409 costs about a millisecond). So predictions start in
 the order they came, but for a newcomer landing in that very moment, and each stream carries only

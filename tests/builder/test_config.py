@@ -116,9 +116,11 @@ def test_every_key_reaches_its_field(write) -> None:
             'config.device_map = "cuda:0"',
             'config.attn_implementation = "sdpa"',
             "config.max_batch_size = 32",
+            "config.concurrency = 16",
             "cog.gpu = true",
             'cog.cuda = "12.4"',
             'cog.python_version = "3.12"',
+            'cog.sdk_version = "0.24.0"',
             'cog.extra_requirements = ["sentencepiece==0.2.0", "transformers[torch] == 4.40.0"]',
             'cog.system_packages = ["ffmpeg", "libsndfile1", "g++"]',
         )
@@ -135,12 +137,14 @@ def test_every_key_reaches_its_field(write) -> None:
         device_map="cuda:0",
         attn_implementation="sdpa",
         max_batch_size=32,
+        concurrency=16,
     )
     assert model.args.quantization == "8bit"
     assert model.cog == CogOptions(
         gpu=True,
         cuda="12.4",
         python_version="3.12",
+        sdk_version="0.24.0",
         extra_requirements=("sentencepiece==0.2.0", "transformers[torch] == 4.40.0"),
         system_packages=("ffmpeg", "libsndfile1", "g++"),
     )
@@ -568,6 +572,18 @@ MISTAKES = [
         says=("got the number 2.5",),
     ),
     _one(
+        "concurrency-zero",
+        "config.concurrency = 0",
+        key="config.concurrency",
+        says=("at least 1, got the integer 0",),
+    ),
+    _one(
+        "sdk-version-unquoted",
+        "cog.sdk_version = 0.23",
+        key="cog.sdk_version",
+        says=('a Cog version in quotes like "0.23.1"', "got the number 0.23"),
+    ),
+    _one(
         "device-map-not-a-string",
         "config.device_map = 0",
         key="config.device_map",
@@ -894,3 +910,11 @@ def test_serving_keys_reach_the_model_args(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigErrors, match="prefix_cache_mb.*at least 0"):
         load_config(path)
+
+
+def test_the_default_cog_sdk_is_the_one_the_tests_run() -> None:
+    """cog.yaml pins the image's Cog SDK to COG_SDK_VERSION: it must be what `make venv` installs,
+    which every test of the runtime behind the real Cog server runs on."""
+    from importlib.metadata import version
+
+    assert CogOptions().sdk_version == version("cog") == version("coglet")
