@@ -19,6 +19,8 @@ TRACE_ROWS = ("1a", "1b")
 DISTRIBUTION_ROWS = ("2-one", "2-sep")
 SAMPLING_ROWS = ("3-one", "3-sep")
 STEP_ROW = "step"
+MODES: tuple[workloads.Mode, ...] = ("one-prediction", "separate-predictions")
+"""Workloads 2 and 3 run twice: their ops as one prediction, and as one prediction each."""
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,10 @@ def _trace_steps(sizes: Sizes, *, vocab: Vocabulary) -> list[Step]:
 
 def _distribution_steps(sizes: Sizes, *, vocab: Vocabulary) -> list[Step]:
     planned = []
-    for key, mode in zip(DISTRIBUTION_ROWS, ("one-prediction", "separate-predictions")):
-        how = "one prediction" if mode == "one-prediction" else f"{sizes.candidates} predictions"
+    for key, mode in zip(DISTRIBUTION_ROWS, MODES):
         label = (
             f"2 distribution: {sizes.candidates} SCOREs of 3–5 tokens, shared "
-            f"{sizes.distribution_prompt}-token prompt, {how}"
+            f"{sizes.distribution_prompt}-token prompt, {_how(mode, sizes.candidates)}"
         )
 
         def run(server: backends.Backend, seed: int, mode: workloads.Mode = mode) -> Run:
@@ -101,11 +102,10 @@ def _distribution_steps(sizes: Sizes, *, vocab: Vocabulary) -> list[Step]:
 
 def _sampling_steps(sizes: Sizes, *, vocab: Vocabulary) -> list[Step]:
     planned = []
-    for key, mode in zip(SAMPLING_ROWS, ("one-prediction", "separate-predictions")):
-        how = "one prediction" if mode == "one-prediction" else f"{sizes.sampling_streams} predictions"
+    for key, mode in zip(SAMPLING_ROWS, MODES):
         label = (
             f"3 sampling: {sizes.sampling_streams} streams × {sizes.sampling_tokens} tokens, T=1.0, "
-            f"{sizes.sampling_prompt}-token prompt, {how}"
+            f"{sizes.sampling_prompt}-token prompt, {_how(mode, sizes.sampling_streams)}"
         )
 
         def run(server: backends.Backend, seed: int, mode: workloads.Mode = mode) -> Run:
@@ -126,3 +126,7 @@ def _sampling_steps(sizes: Sizes, *, vocab: Vocabulary) -> list[Step]:
         same = SAMPLING_ROWS[0] if key != SAMPLING_ROWS[0] else None
         planned.append(Step(Row(key, label), run, backends=("ours", "lmql", *floors), same_requests_as=same))
     return planned
+
+
+def _how(mode: workloads.Mode, ops: int) -> str:
+    return "one prediction" if mode == "one-prediction" else f"{ops} predictions"

@@ -125,3 +125,31 @@ def test_distribution_equals_normalised_score_logprobs(lmql_model, reference) ->
     for candidate in candidates:
         assert got[candidate] == pytest.approx(expected[candidate], abs=1e-4)
     assert result.variables["ANSWER"] == max(expected, key=expected.get)
+
+
+def test_parallel_queries_each_get_their_own_greedy_answer(lmql_model, reference) -> None:
+    """Three queries at once: LMQL sends their calls as concurrent predictions, which the model
+    runs together (config.concurrency, default 8) in shared batches. Each answer must still be
+    its own prompt's greedy decoding."""
+    import asyncio
+
+    import lmql
+
+    tokenizer, model = reference
+    words = ["Hello", "Once upon", "The cat"]
+    expected = {}
+    for word in words:
+        greedy = _greedy(model, _prompt_ids(tokenizer, word), 11, tokenizer.eos_token_id)
+        expected[word] = tokenizer.decode([t for t in greedy if t != tokenizer.eos_token_id])
+
+    async def ask(word: str) -> str:
+        result = await lmql.run(
+            f'argmax "{word}[WHO]" where len(TOKENS(WHO)) < 12', model=lmql_model
+        )
+        return result.variables["WHO"]
+
+    async def ask_all() -> list[str]:
+        return await asyncio.gather(*(ask(word) for word in words))
+
+    answers = asyncio.run(ask_all())
+    assert dict(zip(words, answers, strict=True)) == expected
