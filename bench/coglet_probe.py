@@ -2,18 +2,19 @@
 
     .venv/bin/python bench/coglet_probe.py
 
-The design of concurrent predictions rests on two questions this answers with timestamps:
+The design of concurrent predictions rests on three questions this answers with timestamps:
 
 1. Does coglet stream the chunks of an *async* generator as they are yielded, or send them at the
    end? (A sync generator streams; concurrency above 1 requires an async predict.)
-2. With ``@cog.concurrent(max=N)``, do predictions run at the same time (so a batcher inside the
-   container can merge their work), or one after another?
+2. With ``@cog.concurrent(max=N)`` (and ``COG_MAX_CONCURRENCY=N``, which ``cog build`` derives
+   from it), do predictions run at the same time, or one after another?
+3. Does canceling a prediction stop the code that produces its output?
 
 Each probe is a tiny predictor written to a temporary folder and served by the real Cog server
 (``lmtp_cog.cogserver.CogServer``), with the OpenAPI schema ``cog build`` would write, so that
-server-sent events work. Two predictions are started 50 ms apart; each yields 5 chunks, 200 ms
-apart. The table gives, per prediction, when each ``output`` event arrived, in seconds after the
-first request was sent.
+server-sent events work. Two predictions are started 300 ms apart; each yields 5 chunks, 200 ms
+apart. Then a third one, of 10 chunks, is canceled after its second chunk: the probe counts the
+chunks the predictor still produced after the cancel.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import tempfile
 import textwrap
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,38 +39,39 @@ from lmtp_cog.serve.openapi import write_openapi_schema  # noqa: E402
 CHUNKS = 5
 PAUSE_S = 0.2
 OFFSET_S = 0.3
-SET_ENV = True
+CANCEL_CHUNKS = 10
+CANCEL_AFTER = 2
 
 PROBES = {
-    "sync generator, concurrency 1": (
-        "",
+    "sync generator": (
         """
         def predict(self, n: int = 5) -> Iterator[str]:
             for index in range(n):
                 time.sleep(PAUSE)
+                produced(index)
                 yield f"chunk {index}"
         """,
         1,
     ),
     "async generator, @cog.concurrent(max=4)": (
-        "",
         """
         @concurrent(max=4)
         async def predict(self, n: int = 5) -> AsyncIterator[str]:
             for index in range(n):
                 await asyncio.sleep(PAUSE)
+                produced(index)
                 yield f"chunk {index}"
         """,
         4,
     ),
     "coroutine returning a sync generator, @cog.concurrent(max=4)": (
-        "",
         """
         @concurrent(max=4)
         async def predict(self, n: int = 5) -> Iterator[str]:
             def chunks():
                 for index in range(n):
                     time.sleep(PAUSE)
+                    produced(index)
                     yield f"chunk {index}"
             return chunks()
         """,
@@ -78,12 +81,17 @@ PROBES = {
 
 HEADER = f"""
 import asyncio
+import sys
 import time
 from typing import AsyncIterator, Iterator
 
 from cog import BasePredictor, concurrent
 
 PAUSE = {PAUSE_S}
+
+
+def produced(index):
+    print(f"produced {{index}}", file=sys.stderr, flush=True)  # to the server's log
 
 
 class Predictor(BasePredictor):
@@ -94,66 +102,115 @@ class Predictor(BasePredictor):
 
 @dataclass
 class Timeline:
-    """When each output chunk of one prediction arrived."""
+    """When each output chunk of one prediction arrived, seconds after the first request."""
 
     outputs: list[float] = field(default_factory=list)
     status: str = ""
 
 
-def run_probe(name: str, body: str, concurrency: int, workdir: Path) -> list[Timeline]:
-    project = workdir / name.replace(" ", "-").replace(",", "").replace("@", "").replace("(", "")
-    project = project.with_name(project.name.replace(")", "").replace("=", ""))
+@dataclass
+class ProbeResult:
+    timelines: list[Timeline]
+    produced_before_cancel: int
+    """Chunks the canceled prediction's code had produced when the cancel request was sent
+    (after its second chunk had arrived)."""
+    produced_after_cancel: int
+    """Chunks it still produced after the cancel request."""
+    cancel_completed_s: float
+    """Seconds from the cancel request to Cog's ``completed`` event."""
+
+
+def run_probe(name: str, body: str, concurrency: int, workdir: Path) -> ProbeResult:
+    project = workdir / f"probe-{len(list(workdir.iterdir()))}"
     project.mkdir()
-    source = HEADER + textwrap.indent(textwrap.dedent(body), "    ")
-    (project / "predict.py").write_text(source)
+    (project / "predict.py").write_text(HEADER + textwrap.indent(textwrap.dedent(body), "    "))
     write_openapi_schema(project)
-    env = {"COG_MAX_CONCURRENCY": str(concurrency)} if SET_ENV else {}
-    with CogServer(project, env=env) as server:
+    with CogServer(project, env={"COG_MAX_CONCURRENCY": str(concurrency)}) as server:
         server.wait_ready(timeout=60)
         client = CogClient(server.url)
-        timelines = [Timeline(), Timeline()]
-        started = time.perf_counter()
+        timelines = _two_predictions(client)
 
-        def follow(index: int) -> None:
-            time.sleep(OFFSET_S * index)
-            answer = client.start(f"probe-{index}", {"n": CHUNKS})
-            if isinstance(answer, Busy):
-                timelines[index].status = "409 busy"
-                return
-            assert isinstance(answer, Started), answer
-            for event, data in answer.events():
-                if event == "output":
-                    timelines[index].outputs.append(time.perf_counter() - started)
-                elif event == "completed":
-                    timelines[index].status = str(data.get("status", "completed"))
-            answer.close()
+        def produced() -> int:
+            return server.log_path.read_text().count("produced ")
 
-        threads = [threading.Thread(target=follow, args=(index,)) for index in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        start = produced()
+        at_cancel, completed_after = _canceled_prediction(client, produced)
+        time.sleep(PAUSE_S * CANCEL_CHUNKS)  # let a predictor that was not stopped run out
+        end = produced()
+    return ProbeResult(timelines, at_cancel - start, end - at_cancel, completed_after)
+
+
+def _two_predictions(client: CogClient) -> list[Timeline]:
+    timelines = [Timeline(), Timeline()]
+    started = time.perf_counter()
+
+    def follow(index: int) -> None:
+        time.sleep(OFFSET_S * index)
+        answer = client.start(f"probe-{index}", {"n": CHUNKS})
+        if isinstance(answer, Busy):
+            timelines[index].status = "409 busy"
+            return
+        assert isinstance(answer, Started), answer
+        for event, data in answer.events():
+            if event == "output":
+                timelines[index].outputs.append(time.perf_counter() - started)
+            elif event == "completed":
+                timelines[index].status = str(data.get("status", "completed"))
+        answer.close()
+
+    threads = [threading.Thread(target=follow, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return timelines
+
+
+def _canceled_prediction(client: CogClient, produced: Callable[[], int]) -> tuple[int, float]:
+    """Cancel a prediction once its second chunk arrived: ``(produced() at the cancel, seconds
+    from the cancel to Cog's completed event)``."""
+    answer = client.start("probe-cancel", {"n": CANCEL_CHUNKS})
+    assert isinstance(answer, Started), answer
+    received, at_cancel, canceled_at = 0, 0, 0.0
+    for event, _ in answer.events():
+        if event == "output":
+            received += 1
+            if received == CANCEL_AFTER:
+                at_cancel = produced()
+                client.cancel("probe-cancel")
+                canceled_at = time.perf_counter()
+        elif event == "completed":
+            break
+    answer.close()
+    return at_cancel, time.perf_counter() - canceled_at
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print the timelines as JSON")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
     arguments = parser.parse_args()
-    results: dict[str, list[Timeline]] = {}
+    results: dict[str, ProbeResult] = {}
     with tempfile.TemporaryDirectory(prefix="coglet-probe-") as tmp:
-        for name, (_, body, concurrency) in PROBES.items():
+        for name, (body, concurrency) in PROBES.items():
             results[name] = run_probe(name, body, concurrency, Path(tmp))
     if arguments.json:
-        print(json.dumps({k: [t.__dict__ for t in v] for k, v in results.items()}, indent=2))
+        print(json.dumps({name: asdict(result) for name, result in results.items()}, indent=2))
         return 0
-    print(f"{CHUNKS} chunks per prediction, {PAUSE_S * 1000:.0f} ms apart; two predictions "
-          f"sent {OFFSET_S * 1000:.0f} ms apart; seconds after the first request")
-    for name, timelines in results.items():
+    print(
+        f"{CHUNKS} chunks per prediction, {PAUSE_S * 1000:.0f} ms apart; two predictions sent "
+        f"{OFFSET_S * 1000:.0f} ms apart; seconds after the first request. Then one of "
+        f"{CANCEL_CHUNKS} chunks canceled after its chunk {CANCEL_AFTER}."
+    )
+    for name, result in results.items():
         print(f"\n{name}")
-        for index, timeline in enumerate(timelines):
+        for index, timeline in enumerate(result.timelines):
             arrivals = ", ".join(f"{t:.2f}" for t in timeline.outputs) or "-"
             print(f"  prediction {index}: {timeline.status:>10}  outputs at {arrivals}")
+        print(
+            f"  canceled after chunk {CANCEL_AFTER} arrived: {result.produced_before_cancel} of "
+            f"{CANCEL_CHUNKS} chunks produced before the cancel, {result.produced_after_cancel} "
+            f"after it; 'completed' {result.cancel_completed_s:.2f} s after it"
+        )
     return 0
 
 

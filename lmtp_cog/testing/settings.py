@@ -23,6 +23,7 @@ def local_model_settings(
     commit: str | None = None,
     quantization: str = "none",
     max_batch_size: int = 8,
+    concurrency: int = 8,
     log_predictions: bool = False,
     **load: Any,
 ) -> dict[str, Any]:
@@ -35,6 +36,7 @@ def local_model_settings(
         load_in_8bit=quantization == "8bit",
         load_in_4bit=quantization == "4bit",
         max_batch_size=max_batch_size,
+        concurrency=concurrency,
         log_predictions=log_predictions,
     )
     model = ModelSpec(name=name, source=HuggingFaceSource(repo=repo, revision=revision), args=args)

@@ -6,18 +6,20 @@
     class Predictor(LmtpPredictor):
         settings_path = Path(__file__).with_name("model_settings.json")
 
-Cog finds ``setup`` and ``predict`` through inheritance. ``predict`` is a coroutine that returns a
-*sync* generator, and that shape is chosen with measurements (``bench/coglet_probe.py``, coglet
-0.23.1): a sync ``predict`` streams but Cog runs only one at a time; an async generator runs
-concurrently but its output is collected and sent at the end, which would defeat token
-streaming; a coroutine returning a sync generator gets both, each prediction's chunks streamed
-from a thread of its own. Concurrent predictions share forward passes through one
-:class:`~.scheduler.BatchScheduler`. How many Cog runs at once is the model's
-``serve.concurrency``, declared with ``@cog.concurrent(max=N)`` on the subclass's ``predict``
-when ``predict.py`` is imported (:meth:`LmtpPredictor.__init_subclass__`).
+Cog finds ``setup`` and ``predict`` through inheritance. The shape of ``predict`` depends on the
+model's ``serve.concurrency``, as measured on coglet 0.23.1 (``bench/coglet_probe.py``):
 
-Python callers (tests, benchmarks) use :meth:`LmtpPredictor.stream`, the same answer as a plain
-iterator.
+- 1: a *sync* generator. Cog streams its chunks and runs one prediction at a time; canceling a
+  prediction raises ``CancelationException`` in its thread, which stops its streams at once.
+- N > 1: a coroutine that returns that sync generator, declared ``@cog.concurrent(max=N)``
+  (:meth:`LmtpPredictor.__init_subclass__` gives the subclass this twin of ``predict`` when
+  ``predict.py`` is imported). Cog then runs up to N at once and still streams each one's chunks
+  from a thread of its own, and their work shares forward passes through one
+  :class:`~.scheduler.BatchScheduler`. Two costs, both coglet's: canceling such a prediction
+  does not stop its code (it runs to its end, then Cog reports it canceled), and an async
+  generator instead would lose streaming (Cog collects its output and sends it at the end).
+
+Python callers (tests, benchmarks) use :meth:`LmtpPredictor.stream`.
 
 One ``predict`` serves two modes, chosen by which input is given (exactly one of them):
 
@@ -32,10 +34,11 @@ The text inputs are ignored in LMTP mode: Cog fills in their defaults on every p
 """
 
 import contextvars
+import inspect
 import logging
 import os
 import types
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -128,8 +131,8 @@ class LmtpPredictor(_CogBase):
     """The loaded tokenizer (after :meth:`setup`)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Declare the subclass's concurrency to Cog: ``@cog.concurrent(max=N)`` on its own copy
-        of ``predict``, N being ``serve.concurrency`` from ``settings_path``.
+        """With ``serve.concurrency`` N > 1 in ``settings_path``, give the subclass the async
+        twin of ``predict``, declared ``@cog.concurrent(max=N)`` (see the module docstring).
 
         The Cog CLI reads the declaration when it builds the image; the server itself only
         reads ``COG_MAX_CONCURRENCY``, which ``cog build`` derives from it (and
@@ -140,7 +143,7 @@ class LmtpPredictor(_CogBase):
             return
         concurrency = read_concurrency(cls.settings_path)
         if concurrency > 1:
-            cls.predict = _cog_concurrent(max=concurrency)(_copy(LmtpPredictor.predict))
+            cls.predict = _cog_concurrent(max=concurrency)(_concurrent_twin())
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | str | os.PathLike[str]) -> Self:
@@ -196,7 +199,7 @@ class LmtpPredictor(_CogBase):
             settings.concurrency,
         )
 
-    async def predict(
+    def predict(
         self,
         prompt: str | None = Input(default=None, description=PROMPT_DESCRIPTION),
         system_prompt: str | None = Input(default=None, description=SYSTEM_PROMPT_DESCRIPTION),
@@ -226,31 +229,29 @@ class LmtpPredictor(_CogBase):
     ) -> ConcatenateIterator[str]:
         """Generate text for ``prompt``, or answer ``ops_batch_json``'s LMTP ops (see LMTP.md).
 
-        Returns the chunks as a sync iterator, which Cog streams (see the module docstring).
-        It awaits nothing: the coroutine is done at its first step.
-
         Raises (text mode only; Cog fails the prediction with the message):
             TextInputError: both or neither of ``prompt`` and ``ops_batch_json``, or a text input
                 out of range or inconsistent; the message names the input.
-            TextGenerationError: the model could not go on (e.g. NaN logits), while iterating.
+            TextGenerationError: the model could not go on (e.g. NaN logits).
             RuntimeError: ``setup()`` has not run.
         """
         arguments = dict(locals())  # every input, as Cog filled it or as its Input(...) marker
         inputs = {name: _plain(value) for name, value in arguments.items() if name != "self"}
         ops = inputs.pop("ops_batch_json")
         if choose_mode(prompt=inputs["prompt"], ops_batch_json=ops) == "lmtp":
-            return _in_context(contextvars.copy_context(), self._lmtp(ops))
+            yield from self._lmtp(ops)
+            return
         request = text_request(**inputs)  # checked before the model is needed
         if self._text is None:
             raise RuntimeError(NOT_READY)
-        return _in_context(contextvars.copy_context(), self._text.generate(request))
+        yield from self._text.generate(request)
 
     def stream(self, **inputs: Any) -> Iterator[str]:
-        """:meth:`predict` for Python callers: the same chunks, without an event loop.
+        """:meth:`predict` for Python callers, whichever its shape: the chunks as an iterator.
 
         Inputs not given take their defaults, as Cog would fill them in.
         """
-        return _result_of(self.predict(**inputs))
+        return LmtpPredictor.predict(self, **inputs)
 
     def _lmtp(self, ops_batch_json: object) -> Iterator[str]:
         if self._server is None:
@@ -268,23 +269,27 @@ class LmtpPredictor(_CogBase):
         return source
 
 
-def _copy(function: Callable[..., Any]) -> Callable[..., Any]:
-    """A new function object with ``function``'s code, signature and metadata, to decorate
-    for one subclass without touching the base class's."""
-    assert isinstance(function, types.FunctionType)
-    copy = types.FunctionType(
-        function.__code__,
-        function.__globals__,
-        function.__name__,
-        function.__defaults__,
-        function.__closure__,
-    )
-    copy.__kwdefaults__ = function.__kwdefaults__
-    copy.__annotations__ = dict(function.__annotations__)
-    copy.__doc__ = function.__doc__
-    copy.__qualname__ = function.__qualname__
-    copy.__module__ = function.__module__
-    return copy
+async def _predict_concurrently(self: LmtpPredictor, **inputs: Any) -> Iterator[str]:
+    """The async twin of :meth:`LmtpPredictor.predict`: the same generator, returned to Cog,
+    which iterates it in a thread of its own (it awaits nothing)."""
+    return _in_context(contextvars.copy_context(), LmtpPredictor.predict(self, **inputs))
+
+
+def _concurrent_twin() -> Callable[..., Any]:
+    """A fresh copy of :func:`_predict_concurrently` (one per subclass, to decorate) that shows
+    Cog the inputs of :meth:`LmtpPredictor.predict`: its signature and annotations.
+
+    Cog's inspector reads ``inspect.getfullargspec``, which honours ``__signature__``, and
+    ``typing.get_type_hints``, which reads ``__annotations__``. The twin refers to ``predict``
+    by name, not through a closure: Cog's inspector unwraps closures over functions.
+    """
+    template = _predict_concurrently
+    twin = types.FunctionType(template.__code__, template.__globals__, "predict")
+    twin.__signature__ = inspect.signature(LmtpPredictor.predict)  # type: ignore[attr-defined]
+    twin.__annotations__ = dict(LmtpPredictor.predict.__annotations__)
+    twin.__doc__ = LmtpPredictor.predict.__doc__
+    twin.__qualname__ = "LmtpPredictor.predict"
+    return twin
 
 
 def _in_context(context: contextvars.Context, chunks: Iterator[str]) -> Iterator[str]:
@@ -303,16 +308,6 @@ def _in_context(context: contextvars.Context, chunks: Iterator[str]) -> Iterator
             yield chunk
     finally:
         context.run(chunks.close)  # closing runs the generator's own `finally` (its log line)
-
-
-def _result_of(coroutine: Coroutine[Any, Any, Iterator[str]]) -> Iterator[str]:
-    """Run a coroutine that awaits nothing to its end (see :meth:`LmtpPredictor.predict`)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    coroutine.close()
-    raise RuntimeError("predict() awaited something; run it in an event loop instead")
 
 
 def _plain(value: object) -> object:

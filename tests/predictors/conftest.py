@@ -22,6 +22,7 @@ def settings_dict(
     *,
     quantization: str = "none",
     max_batch_size: int = 8,
+    concurrency: int = 8,
     log_predictions: bool = False,
     **load: Any,
 ) -> dict[str, Any]:
@@ -32,6 +33,7 @@ def settings_dict(
         commit=FAKE_COMMIT,
         quantization=quantization,
         max_batch_size=max_batch_size,
+        concurrency=concurrency,
         log_predictions=log_predictions,
         **load,
     )

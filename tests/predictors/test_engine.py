@@ -752,9 +752,8 @@ def test_reported_logprobs_are_floored_instead_of_infinite(llama: Any) -> None:
 # --- the predictor --------------------------------------------------------------------------------
 
 
-def test_predict_returns_a_sync_generator_that_streams_each_step(llama: Any) -> None:
-    """Cog streams a sync generator that an async predict returns (bench/coglet_probe.py)."""
-    assert inspect.iscoroutinefunction(LmtpPredictor.predict)
+def test_predict_is_a_sync_generator_that_streams_each_step(llama: Any) -> None:
+    assert inspect.isgeneratorfunction(LmtpPredictor.predict)
     chunks = llama.stream(
         ops_batch_json=json.dumps(
             [generate(PROMPTS[0], 1, max_tokens=3), generate(PROMPTS[1], 2, max_tokens=3)]
