@@ -30,8 +30,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -40,6 +41,8 @@ from .errors import describe_exception
 from .protocol import ScoreOp
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 StepEvents = list[TokenEvent | StreamError]
 """One decoding step's events for the streams of one prediction."""
@@ -91,8 +94,6 @@ class BatchScheduler:
         """Streams waiting for a row, first come first served (the model thread's own list)."""
         self._in_round: list[Job] = []
         """The jobs whose work the current round took out of the lists above."""
-        self.rounds = 0
-        """Rounds run so far: how many times waiting work was batched (for tests and logs)."""
         self._thread = threading.Thread(target=self._serve_forever, name="lmtp-model", daemon=True)
         self._thread.start()
 
@@ -187,7 +188,6 @@ class BatchScheduler:
 
     def _round(self) -> None:
         """Every waiting SCORE, then up to ``max_batch_size`` streams decoding together."""
-        self.rounds += 1
         self._drop_canceled()
         scores, self._scores = self._scores, []
         rows = self._waiting[: self.max_batch_size]
@@ -343,7 +343,7 @@ def _no_answers() -> Iterator[Answer]:
     yield from ()
 
 
-def _groups(items: list, size: int, *, key) -> Iterator[list]:  # type: ignore[type-arg]
+def _groups(items: list[T], size: int, *, key: Callable[[T], int]) -> Iterator[list[T]]:
     """Groups of at most ``size``, similar lengths together (less padding)."""
     ordered = sorted(items, key=key)
     for start in range(0, len(ordered), size):
