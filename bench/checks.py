@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from plan import DISTRIBUTION_ROWS, SAMPLING_ROWS, TRACE_ROWS
+from plan import DISTRIBUTION_ROWS, PARALLEL_ROW, SAMPLING_ROWS, TRACE_ROWS
 from workloads import Run
 
 Runs = dict[tuple[str, int, str], Run]
@@ -32,6 +32,7 @@ def check_outputs(runs: Runs, *, repeats: int, servers: Sequence[str]) -> tuple[
         row_agrees, row_lines = _greedy_tokens(runs, row=row, repeats=repeats, servers=servers)
         agree = agree and row_agrees
         lines += row_lines
+    lines += _parallel_tokens(runs, repeats=repeats)
     for row in DISTRIBUTION_ROWS:
         lines += _score_gaps(runs, row=row, repeats=repeats, servers=servers)
     lines += _seeded_samples(runs, repeats=repeats, servers=servers)
@@ -64,6 +65,19 @@ def _greedy_tokens(
             agree = agree and name not in MUST_MATCH
         lines.append((f"{row}: greedy tokens of {name} vs {reference}", outcome))
     return agree, lines
+
+
+def _parallel_tokens(runs: Runs, *, repeats: int) -> list[tuple[str, str]]:
+    """1(c) has no floor: ours batched with the other traces vs LMQL one trace at a time."""
+    same = [
+        runs[(PARALLEL_ROW, r, "ours")].tokens == runs[(PARALLEL_ROW, r, "lmql")].tokens
+        for r in range(repeats)
+        if (PARALLEL_ROW, r, "ours") in runs and (PARALLEL_ROW, r, "lmql") in runs
+    ]
+    if not same:
+        return []
+    outcome = f"identical in {sum(same)}/{len(same)} runs" if all(same) else f"**differ** in {same.count(False)}/{len(same)} runs"
+    return [(f"{PARALLEL_ROW}: greedy tokens of ours (traces batched together) vs lmql", outcome)]
 
 
 def _score_gaps(runs: Runs, *, row: str, repeats: int, servers: Sequence[str]) -> list[tuple[str, str]]:

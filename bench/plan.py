@@ -16,6 +16,7 @@ from workloads import Run, Sizes, Vocabulary
 
 ALL_BACKENDS = ("ours", "lmql", "floor-recompute", "floor-prefix")
 TRACE_ROWS = ("1a", "1b")
+PARALLEL_ROW = "1c"
 DISTRIBUTION_ROWS = ("2-one", "2-sep")
 SAMPLING_ROWS = ("3-one", "3-sep")
 STEP_ROW = "step"
@@ -39,7 +40,12 @@ class Step:
 
 def steps(sizes: Sizes, *, vocab: Vocabulary) -> list[Step]:
     """Workloads 1 to 3, in the order they run within a repeat."""
-    return [*_trace_steps(sizes, vocab=vocab), *_distribution_steps(sizes, vocab=vocab), *_sampling_steps(sizes, vocab=vocab)]
+    return [
+        *_trace_steps(sizes, vocab=vocab),
+        _parallel_step(sizes, vocab=vocab),
+        *_distribution_steps(sizes, vocab=vocab),
+        *_sampling_steps(sizes, vocab=vocab),
+    ]
 
 
 def rows(planned: Sequence[Step]) -> list[Row]:
@@ -76,6 +82,22 @@ def _trace_steps(sizes: Sizes, *, vocab: Vocabulary) -> list[Step]:
 
         planned.append(Step(Row(key, label), run, times_decode_steps=key == "1a"))
     return planned
+
+
+def _parallel_step(sizes: Sizes, *, vocab: Vocabulary) -> Step:
+    traces, prompt, calls, max_tokens = sizes.parallel_traces
+    label = (
+        f"1(c) {traces} LMQL traces at once (parallel queries): each {prompt}-token prompt, "
+        f"{calls} calls × {max_tokens} tokens, logit_bias"
+    )
+
+    def run(server: backends.Backend, seed: int) -> Run:
+        return workloads.parallel_traces(
+            server, vocab=vocab, seed=seed, traces=traces, prompt_tokens=prompt, calls=calls, max_tokens=max_tokens
+        )
+
+    # The floors are single loops: run one trace after another, they only repeat row 1(a).
+    return Step(Row(PARALLEL_ROW, label), run, backends=("ours", "lmql"))
 
 
 def _distribution_steps(sizes: Sizes, *, vocab: Vocabulary) -> list[Step]:

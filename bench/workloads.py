@@ -44,6 +44,8 @@ class Sizes:
     """Workload 1(a): prompt tokens, calls, ``max_tokens`` per call."""
     trace_b: tuple[int, int, int] = (1536, 30, 4)
     """Workload 1(b): a long few-shot prompt, short answers."""
+    parallel_traces: tuple[int, int, int, int] = (4, 512, 10, 16)
+    """Workload 1(c): traces running at once (parallel queries), each: prompt, calls, tokens."""
     distribution_prompt: int = 512
     candidates: int = 8
     sampling_prompt: int = 64
@@ -56,6 +58,7 @@ class Sizes:
         return cls(
             trace_a=(512, 3, 16),
             trace_b=(1536, 3, 4),
+            parallel_traces=(4, 512, 2, 16),
             sampling_tokens=16,
             cold_start_runs=1,
         )
@@ -165,6 +168,43 @@ def lmql_trace(
         run.surplus_lines += record.surplus(max_tokens)
         prompt = [*prompt, *answer]
     run.seconds = time.perf_counter() - started
+    return run
+
+
+def parallel_traces(
+    backend: Backend,
+    *,
+    vocab: Vocabulary,
+    seed: int,
+    traces: int,
+    prompt_tokens: int,
+    calls: int,
+    max_tokens: int,
+) -> Run:
+    """``traces`` independent :func:`lmql_trace` s at once, as parallel LMQL queries run.
+
+    Each trace's calls follow one another; the traces run side by side, in threads, up to
+    ``backend.concurrency`` (one after another for a server Cog runs one prediction at a time).
+    """
+
+    def one(index: int) -> Run:
+        return lmql_trace(
+            backend,
+            vocab=vocab,
+            seed=seed * 100 + index,
+            prompt_tokens=prompt_tokens,
+            calls=calls,
+            max_tokens=max_tokens,
+        )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=min(traces, backend.concurrency)) as pool:
+        runs = list(pool.map(one, range(traces)))
+    run = Run(seconds=time.perf_counter() - started)
+    for each in runs:
+        run.tokens += each.tokens
+        run.logprobs += each.logprobs
+        run.surplus_lines += each.surplus_lines
     return run
 
 
