@@ -166,7 +166,9 @@ class BatchScheduler:
                 self._round()
             except Exception as error:  # a bug of ours: fail this round's jobs, keep serving
                 log.exception("a scheduling round failed")
-                self._fail_everything(f"internal error in the scheduler ({describe_exception(error)})")
+                self._fail_everything(
+                    f"internal error in the scheduler ({describe_exception(error)})"
+                )
         self._fail_everything("the model thread was closed")
 
     def _take_incoming(self, *, block: bool) -> bool:
@@ -244,9 +246,7 @@ class BatchScheduler:
         # Rows stopped early go back in front of the queue, in their order.
         self._waiting = [(job, s) for job, s in rows if not s.finished] + self._waiting
 
-    def _decode_alone(
-        self, job: Job, stream: GenerationStream, owner: dict[int, Job]
-    ) -> None:
+    def _decode_alone(self, job: Job, stream: GenerationStream, owner: dict[int, Job]) -> None:
         """Go on with one stream of a failed batch, from the tokens it already sent."""
         try:
             self._decode_steps([(job, stream)], owner, preempt=False)
@@ -330,7 +330,9 @@ class BatchScheduler:
         """End every job the thread knows of with ``message`` (only after a bug, or at close)."""
         with self._lock:
             jobs, self._incoming = self._incoming, []
-        jobs += self._in_round + [job for job, _ in self._scores] + [job for job, _ in self._waiting]
+        jobs += (
+            self._in_round + [job for job, _ in self._scores] + [job for job, _ in self._waiting]
+        )
         self._scores, self._waiting, self._in_round = [], [], []
         for job in dict.fromkeys(jobs):
             if not job._done:

@@ -162,7 +162,11 @@ def test_concurrent_predictions_decode_as_one_batch_and_as_each_alone(
     model: Any, scheduler: BatchScheduler
 ) -> None:
     ops = [
-        gen_op(prompt, max_tokens=6, sampling=Sampling(temperature=0.8, seed=row) if row % 2 else Sampling())
+        gen_op(
+            prompt,
+            max_tokens=6,
+            sampling=Sampling(temperature=0.8, seed=row) if row % 2 else Sampling(),
+        )
         for row, prompt in enumerate(prompts(4))
     ]
     with recorded(model) as passes, held(model) as gate:
@@ -259,7 +263,9 @@ def test_a_canceled_prediction_leaves_the_batch_at_the_next_step(
     assert set(rows[5:]) == {1}
 
 
-def test_a_failed_batch_retries_each_prediction_alone(model: Any, scheduler: BatchScheduler) -> None:
+def test_a_failed_batch_retries_each_prediction_alone(
+    model: Any, scheduler: BatchScheduler
+) -> None:
     ops = [gen_op(p, 4) for p in prompts(2, seed=5)]
 
     def fail_batches(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
