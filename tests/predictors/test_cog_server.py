@@ -93,23 +93,23 @@ def server(project: Path) -> Iterator[CogServer]:
 # --- tests ---------------------------------------------------------------------------------------
 
 
-def test_cog_finds_the_inherited_predict_signature(project: Path, server: CogServer) -> None:
-    """The thin subclass defines nothing but settings_path; Cog must still see the inputs.
+INSPECT = (
+    "import inspect, json; from cog._inspector import create_predictor\n"
+    "info = create_predictor('predict', 'Predictor')\n"
+    "predict = __import__('predict').Predictor.predict\n"
+    "print(json.dumps({'inputs': {name: [f.type.primitive.name, f.type.repetition.name,\n"
+    "    f.description, repr(f.default)] for name, f in info.inputs.items()},\n"
+    "    'output': [info.output.kind.name, info.output.type.name],\n"
+    "    'async': inspect.iscoroutinefunction(predict),\n"
+    "    'concurrency': getattr(predict, '__cog_concurrent_max__', None)}))\n"
+)
+"""Describes ``predict.py`` in the current folder with the Cog SDK's own inspector."""
 
-    ``ops_batch_json`` (LMTP) and ``prompt`` (text mode) are both optional: exactly one is given.
-    """
-    inspect = (
-        "import json; from cog._inspector import create_predictor\n"
-        "info = create_predictor('predict', 'Predictor')\n"
-        "field = info.inputs['ops_batch_json']\n"
-        "print(json.dumps({'inputs': list(info.inputs), 'type': field.type.primitive.name,\n"
-        "    'required': field.type.repetition.name, 'description': field.description,\n"
-        "    'output': [info.output.kind.name, info.output.type.name],\n"
-        "    'concurrency': __import__('predict').Predictor.predict.__cog_concurrent_max__}))\n"
-    )
+
+def inspect_predictor(project: Path) -> dict[str, Any]:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run(
-        [str(VENV_BIN / "python"), "-W", "ignore", "-c", inspect],
+        [str(VENV_BIN / "python"), "-W", "ignore", "-c", INSPECT],
         cwd=project,
         env=env,
         capture_output=True,
@@ -117,15 +117,34 @@ def test_cog_finds_the_inherited_predict_signature(project: Path, server: CogSer
         timeout=REQUEST_TIMEOUT_S,
         check=True,
     )
-    schema = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_cog_finds_the_inherited_predict_signature(project: Path, server: CogServer) -> None:
+    """The thin subclass defines nothing but settings_path; Cog must still see the inputs.
+
+    ``ops_batch_json`` (LMTP) and ``prompt`` (text mode) are both optional: exactly one is given.
+    """
+    schema = inspect_predictor(project)
     assert {"ops_batch_json", "prompt", "max_new_tokens", "temperature"} <= set(schema["inputs"])
-    assert (schema["type"], schema["required"]) == ("STRING", "OPTIONAL")
-    assert "GENERATE" in schema["description"]
+    kind, repetition, description, _ = schema["inputs"]["ops_batch_json"]
+    assert (kind, repetition) == ("STRING", "OPTIONAL") and "GENERATE" in description
     assert schema["output"] == ["CONCAT_ITERATOR", "STRING"]
     # @cog.concurrent(max=serve.concurrency), which `cog build` turns into COG_MAX_CONCURRENCY.
     settings = json.loads((project / "model_settings.json").read_text())
     assert schema["concurrency"] == settings["serve"]["concurrency"] == 8
+    assert schema["async"]
     assert "Detected async predict()" in server.setup_logs  # type: ignore[attr-defined]
+
+
+def test_with_concurrency_1_predict_is_the_sync_generator_with_the_same_inputs(
+    tmp_path: Path, project: Path, llama_dir: Path, make_settings: Callable[..., Any]
+) -> None:
+    one = assemble_project(tmp_path, llama_dir, make_settings(llama_dir, concurrency=1))
+    sync, concurrent = inspect_predictor(one), inspect_predictor(project)
+    assert (sync["async"], sync["concurrency"]) == (False, None)
+    assert (concurrent["async"], concurrent["concurrency"]) == (True, 8)
+    assert sync["inputs"] == concurrent["inputs"] and sync["output"] == concurrent["output"]
 
 
 def test_a_prediction_through_cog_answers_every_command(
