@@ -377,7 +377,9 @@ _COG_KEYS: Mapping[str, _Key] = {
     "python_version": _Key("python_version", _one_of(PYTHON_VERSIONS)),
     "sdk_version": _Key(
         "sdk_version",
-        _matching(r"\d+\.\d+\.\d+(?:(?:a|b|rc)\d+)?", expected='a Cog version in quotes like "0.23.1"'),
+        _matching(
+            r"\d+\.\d+\.\d+(?:(?:a|b|rc)\d+)?", expected='a Cog version in quotes like "0.23.1"'
+        ),
     ),
     "extra_requirements": _Key("extra_requirements", _list_of(_pinned_requirement)),
     "system_packages": _Key("system_packages", _list_of(_apt_package)),

@@ -155,7 +155,7 @@ def slowed(model: Any, seconds: float) -> Iterator[None]:
         handle.remove()
 
 
-# --- concurrent predictions share forward passes ---------------------------------------------------
+# --- concurrent predictions share forward passes -------------------------------------------------
 
 
 def test_concurrent_predictions_decode_as_one_batch_and_as_each_alone(
@@ -318,7 +318,7 @@ def test_more_streams_than_rows_wait_their_turn(model: Any) -> None:
         scheduler.close()
 
 
-# --- it never hangs ---------------------------------------------------------------------------------
+# --- it never hangs -------------------------------------------------------------------------------
 
 
 def test_a_closed_scheduler_refuses_work_at_once(model: Any) -> None:
