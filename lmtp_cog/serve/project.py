@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..names import model_name_problem
+from ..settings import SETTINGS_FILE
 from .errors import ProjectNotFoundError
 from .prediction import iso_time
 
-SETTINGS_FILE = "model_settings.json"
 LOCAL_OWNER = "local"
 """The owner shown for a model built without ``dest_prefix``; any owner is accepted anyway."""
 
