@@ -300,8 +300,7 @@ class BatchScheduler:
 
     def _end_stream(self, job: Job, stream: GenerationStream, error: Exception) -> None:
         stream.finished = True
-        message = f"computing this stream failed ({describe_exception(error)})"
-        self._deliver(job, [StreamError(stream, message)], closed=1)
+        self._deliver(job, [StreamError(stream, _failure(error))], closed=1)
 
     # answers and failures
 
@@ -357,4 +356,9 @@ def _score_length(op: ScoreOp) -> int:
 
 
 def _failed_score(op: ScoreOp, error: Exception) -> ScoreResult:
-    return ScoreResult(op, error=f"computing this stream failed ({describe_exception(error)})")
+    return ScoreResult(op, error=_failure(error))
+
+
+def _failure(error: Exception) -> str:
+    """The error line's text for an op whose computation failed, alone too."""
+    return f"computing this stream failed ({describe_exception(error)})"
