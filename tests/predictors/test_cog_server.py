@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -223,13 +224,19 @@ STREAMED_TOKENS = 200
 """Long enough that three predictions sent at once overlap by a wide margin."""
 
 
-def streaming_project(root: Path, checkpoint_dir: Path, settings: dict[str, Any]) -> Path:
-    """The project with the OpenAPI schema `cog build` writes, so that Cog streams events."""
+@contextmanager
+def streaming_server_for(
+    root: Path, checkpoint_dir: Path, settings: dict[str, Any]
+) -> Iterator[CogServer]:
+    """A ready Cog server for a project with the OpenAPI schema `cog build` writes, so that Cog
+    streams events."""
     from lmtp_cog.serve.openapi import write_openapi_schema
 
     project = assemble_project(root, checkpoint_dir, settings)
     write_openapi_schema(project)
-    return project
+    with start(project) as running:
+        running.wait_ready(timeout=STARTUP_TIMEOUT_S)
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +245,7 @@ def streaming_server(
 ) -> Iterator[CogServer]:
     """Concurrency 8, the default: a coroutine returning a sync generator."""
     root = tmp_path_factory.mktemp("cog-streaming")
-    with start(streaming_project(root, llama_dir, make_settings(llama_dir))) as running:
-        running.wait_ready(timeout=STARTUP_TIMEOUT_S)
+    with streaming_server_for(root, llama_dir, make_settings(llama_dir)) as running:
         yield running
 
 
@@ -249,9 +255,7 @@ def one_at_a_time_server(
 ) -> Iterator[CogServer]:
     """Concurrency 1: a sync generator."""
     root = tmp_path_factory.mktemp("cog-one-at-a-time")
-    settings = make_settings(llama_dir, concurrency=1)
-    with start(streaming_project(root, llama_dir, settings)) as running:
-        running.wait_ready(timeout=STARTUP_TIMEOUT_S)
+    with streaming_server_for(root, llama_dir, make_settings(llama_dir, concurrency=1)) as running:
         yield running
 
 
