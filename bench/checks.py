@@ -51,33 +51,21 @@ def _greedy_tokens(
     reference = floors[0]
     agree, lines = True, []
     for name in [n for n in servers if n != reference]:
-        same = [
-            runs[(row, r, name)].tokens == runs[(row, r, reference)].tokens
-            for r in range(repeats)
-            if (row, r, name) in runs and (row, r, reference) in runs
-        ]
+        same = _same_tokens(runs, repeats=repeats, left=(row, name), right=(row, reference))
         if not same:
             continue
-        if all(same):
-            outcome = f"identical in {len(same)}/{len(same)} runs"
-        else:
-            outcome = f"**differ** in {same.count(False)}/{len(same)} runs"
+        if not all(same):
             agree = agree and name not in MUST_MATCH
-        lines.append((f"{row}: greedy tokens of {name} vs {reference}", outcome))
+        lines.append((f"{row}: greedy tokens of {name} vs {reference}", _agreement(same)))
     return agree, lines
 
 
 def _parallel_tokens(runs: Runs, *, repeats: int) -> list[tuple[str, str]]:
     """1(c) has no floor: ours batched with the other traces vs LMQL one trace at a time."""
-    same = [
-        runs[(PARALLEL_ROW, r, "ours")].tokens == runs[(PARALLEL_ROW, r, "lmql")].tokens
-        for r in range(repeats)
-        if (PARALLEL_ROW, r, "ours") in runs and (PARALLEL_ROW, r, "lmql") in runs
-    ]
+    same = _same_tokens(runs, repeats=repeats, left=(PARALLEL_ROW, "ours"), right=(PARALLEL_ROW, "lmql"))
     if not same:
         return []
-    outcome = f"identical in {sum(same)}/{len(same)} runs" if all(same) else f"**differ** in {same.count(False)}/{len(same)} runs"
-    return [(f"{PARALLEL_ROW}: greedy tokens of ours (traces batched together) vs lmql", outcome)]
+    return [(f"{PARALLEL_ROW}: greedy tokens of ours (traces batched together) vs lmql", _agreement(same))]
 
 
 def _score_gaps(runs: Runs, *, row: str, repeats: int, servers: Sequence[str]) -> list[tuple[str, str]]:
@@ -96,11 +84,7 @@ def _score_gaps(runs: Runs, *, row: str, repeats: int, servers: Sequence[str]) -
 
 def _seeded_samples(runs: Runs, *, repeats: int, servers: Sequence[str]) -> list[tuple[str, str]]:
     row = SAMPLING_ROWS[0]
-    same = [
-        runs[(row, r, "ours")].tokens == runs[(row, r, "floor-prefix")].tokens
-        for r in range(repeats)
-        if (row, r, "ours") in runs and (row, r, "floor-prefix") in runs
-    ]
+    same = _same_tokens(runs, repeats=repeats, left=(row, "ours"), right=(row, "floor-prefix"))
     if not same:
         return []
     outcome = f"identical in {sum(same)}/{len(same)} runs (information only)"
@@ -110,15 +94,10 @@ def _seeded_samples(runs: Runs, *, repeats: int, servers: Sequence[str]) -> list
 def _samples_whatever_the_batching(runs: Runs, *, repeats: int) -> tuple[bool, list[tuple[str, str]]]:
     """Ours, same seeds and prompt: one prediction of 4 streams vs 4 concurrent predictions."""
     one, separate = SAMPLING_ROWS
-    same = [
-        runs[(one, r, "ours")].tokens == runs[(separate, r, "ours")].tokens
-        for r in range(repeats)
-        if (one, r, "ours") in runs and (separate, r, "ours") in runs
-    ]
+    same = _same_tokens(runs, repeats=repeats, left=(one, "ours"), right=(separate, "ours"))
     if not same:
         return True, []
-    outcome = f"identical in {sum(same)}/{len(same)} runs" if all(same) else f"**differ** in {same.count(False)}/{len(same)} runs"
-    return all(same), [(f"{separate}: seeded samples of ours, concurrent predictions vs one", outcome)]
+    return all(same), [(f"{separate}: seeded samples of ours, concurrent predictions vs one", _agreement(same))]
 
 
 def _surplus(runs: Runs, *, servers: Sequence[str]) -> list[tuple[str, str]]:
@@ -129,6 +108,22 @@ def _surplus(runs: Runs, *, servers: Sequence[str]) -> list[tuple[str, str]]:
             outcome = f"{count} (the harness ignores them; LMQL's client would read them as tokens)"
             lines.append((f"{name}: token lines beyond max_tokens", outcome))
     return lines
+
+
+def _same_tokens(runs: Runs, *, repeats: int, left: tuple[str, str], right: tuple[str, str]) -> list[bool]:
+    """Per repeat that has both runs, whether ``left`` and ``right`` (each ``(row, server)``)
+    produced the same tokens."""
+    return [
+        runs[(left[0], r, left[1])].tokens == runs[(right[0], r, right[1])].tokens
+        for r in range(repeats)
+        if (left[0], r, left[1]) in runs and (right[0], r, right[1]) in runs
+    ]
+
+
+def _agreement(same: list[bool]) -> str:
+    if all(same):
+        return f"identical in {len(same)}/{len(same)} runs"
+    return f"**differ** in {same.count(False)}/{len(same)} runs"
 
 
 def _max_abs_difference(a: list[list[float]], b: list[list[float]]) -> float:
