@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from backends import Backend
 from streams import Collected, collect
@@ -31,6 +31,9 @@ from streams import Collected, collect
 Mode = Literal["one-prediction", "separate-predictions"]
 ArgsFilter = Callable[[dict[str, Any]], dict[str, Any]]
 """Adapts an op's arguments to a backend that cannot take some of them (see backends.lmql_supports)."""
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 ALLOWED_IDS = 300
 """Size of the constraint mask: LMQL sends +100 on the allowed ids when they are the fewer."""
@@ -120,12 +123,18 @@ def _send(backend: Backend, ops: list[list[Any]], *, mode: Mode) -> tuple[float,
     started = time.perf_counter()
     if mode == "one-prediction":
         results = [_request(backend, ops)]
-    elif backend.concurrency == 1:
-        results = [_request(backend, [op]) for op in ops]
     else:
-        with ThreadPoolExecutor(max_workers=backend.concurrency) as pool:
-            results = list(pool.map(lambda op: _request(backend, [op]), ops))
+        results = _as_cog_serves(backend, lambda op: _request(backend, [op]), ops)
     return time.perf_counter() - started, results
+
+
+def _as_cog_serves(backend: Backend, work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``work(item)`` for every item, sent at once and served as Cog serves ``backend``'s
+    predictions: up to ``backend.concurrency`` at a time, each in a thread of its own."""
+    if backend.concurrency == 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(len(items), backend.concurrency)) as pool:
+        return list(pool.map(work, items))
 
 
 def identity(args: dict[str, Any]) -> dict[str, Any]:
@@ -198,8 +207,7 @@ def parallel_traces(
         )
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=min(traces, backend.concurrency)) as pool:
-        runs = list(pool.map(one, range(traces)))
+    runs = _as_cog_serves(backend, one, range(traces))
     run = Run(seconds=time.perf_counter() - started)
     for each in runs:
         run.tokens += each.tokens
