@@ -169,41 +169,35 @@ BadOp = Callable[[Case], list[Any]]
 
 def _generate(**changes: Any) -> BadOp:
     """A GENERATE op with fields changed (a value of ``...`` removes the field)."""
-
-    def build(case: Case) -> list[Any]:
-        args = {
-            "model": "tiny",
-            "prompt": case.prompt,
-            "max_tokens": 3,
-            "temperature": 0,
-            "stream_id": "bad",
-        }
-        for name, value in changes.items():
-            value = value(case) if callable(value) else value
-            if value is ...:
-                args.pop(name)
-            else:
-                args[name] = value
-        return ["GENERATE", args]
-
-    return build
+    return _changed_op(
+        "GENERATE",
+        lambda case: {"prompt": case.prompt, "max_tokens": 3, "temperature": 0},
+        changes,
+    )
 
 
 def _score(**changes: Any) -> BadOp:
+    """A SCORE op with fields changed (a value of ``...`` removes the field)."""
+    return _changed_op(
+        "SCORE", lambda case: {"prompt": case.prompt, "scored": case.prompt[1:4]}, changes
+    )
+
+
+def _changed_op(
+    command: str, fields: Callable[[Case], dict[str, Any]], changes: dict[str, Any]
+) -> BadOp:
+    """``[command, args]`` for a case: its valid ``fields``, then ``changes`` applied (a callable
+    value is called with the case; ``...`` removes the field)."""
+
     def build(case: Case) -> list[Any]:
-        args = {
-            "model": "tiny",
-            "prompt": case.prompt,
-            "scored": case.prompt[1:4],
-            "stream_id": "bad",
-        }
+        args = {"model": "tiny", **fields(case), "stream_id": "bad"}
         for name, value in changes.items():
             value = value(case) if callable(value) else value
             if value is ...:
                 args.pop(name)
             else:
                 args[name] = value
-        return ["SCORE", args]
+        return [command, args]
 
     return build
 
