@@ -6,6 +6,7 @@ transformers, accelerate, bitsandbytes, safetensors, tokenizers and cog.
 
 One concern per module, in the order data flows through them:
 
+- :mod:`.inputs`      the inputs of ``run()``: one table, rendered into ``predict.py``
 - :mod:`.errors`      setup errors (``RuntimeError``s Cog reports as SETUP_FAILED)
 - :mod:`.settings`    ``model_settings.json`` → a frozen :class:`~.settings.ModelSettings`
 - :mod:`.offline`     keeps transformers/huggingface_hub off the network
@@ -15,7 +16,7 @@ One concern per module, in the order data flows through them:
 - :mod:`.sampling`    logit bias, penalties, greedy/top-k/top-p/seeded sampling, top logprobs
 - :mod:`.engine`      batched prefill, the KV-cached decode loop, scoring
 - :mod:`.serving`     one prediction: batching, streaming, in-band errors, retries
-- :mod:`.predictor`   the Cog predictor class generated ``predict.py`` files subclass
+- :mod:`.predictor`   the model behind every generated ``predict.py``: ``run()`` hands it its inputs
 """
 
 __version__ = "0.1.0"

@@ -19,16 +19,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .inputs import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MIN_NEW_TOKENS,
+    DEFAULT_REPETITION_PENALTY,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+)
 from .protocol import MAX_SEED, Sampling
 
 Mode = Literal["text", "lmtp"]
 
-DEFAULT_MAX_NEW_TOKENS = 128
-DEFAULT_MIN_NEW_TOKENS = 0
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.95
-DEFAULT_TOP_K = 0
-DEFAULT_REPETITION_PENALTY = 1.0
 MAX_NEW_TOKENS_ALIASES = ("max_length", "max_tokens")
 """Other names of ``max_new_tokens``: older Replicate LLMs', and OpenAI-style clients'."""
 

@@ -752,8 +752,9 @@ def test_reported_logprobs_are_floored_instead_of_infinite(llama: Any) -> None:
 # --- the predictor --------------------------------------------------------------------------------
 
 
-def test_predict_is_a_sync_generator_that_streams_each_step(llama: Any) -> None:
-    assert inspect.isgeneratorfunction(LmtpPredictor.predict)
+def test_stream_is_a_sync_generator_that_streams_each_step(llama: Any) -> None:
+    """A sync generator, so that Cog streams it whether run() is sync (it yields from it) or
+    async (it returns it): coglet collects an async generator's output instead."""
     chunks = llama.stream(
         ops_batch_json=json.dumps(
             [generate(PROMPTS[0], 1, max_tokens=3), generate(PROMPTS[1], 2, max_tokens=3)]
@@ -926,7 +927,7 @@ def test_setup_failures_are_one_sentence_runtime_errors(
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError, match="Could not load the model weights") as corrupt:
         LmtpPredictor.from_settings(make_settings(broken))
-    with pytest.raises(SettingsError, match="settings_path is not set") as unset:
+    with pytest.raises(SettingsError, match="LmtpPredictor has no settings") as unset:
         LmtpPredictor().setup()
     for caught in (missing, corrupt, unset):
         assert isinstance(caught.value, RuntimeSetupError) and isinstance(

@@ -14,7 +14,6 @@ input the client actually sent; test_text_mode.py checks that runtime against tr
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 import urllib.error
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 import replicate
+from lmtp_runtime.inputs import RUN_INPUTS
 from lmtp_runtime.predictor import LmtpPredictor
 
 from lmtp_cog.build import BuildOptions, build
@@ -94,8 +94,8 @@ def local(project: Path) -> Any:
 
 
 def local_chunks(local: Any, inputs: dict[str, Any]) -> list[str]:
-    """What ``predict`` yields for ``inputs``; like Cog, inputs it does not take are ignored."""
-    known = inspect.signature(LmtpPredictor.predict).parameters
+    """What ``run`` yields for ``inputs``; like Cog, inputs it does not take are ignored."""
+    known = {spec.name for spec in RUN_INPUTS}
     return list(local.stream(**{name: value for name, value in inputs.items() if name in known}))
 
 
