@@ -110,3 +110,7 @@ class LockfileError(LmtpCogError):
 
 class BuildError(LmtpCogError):
     """Rendering or installing a generated project failed."""
+
+
+class CogInterfaceError(LmtpCogError):
+    """A project's ``predict.py`` does not declare its Cog interface the way ``cog build`` reads it."""
