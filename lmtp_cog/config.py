@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from lmtp_cog.errors import ConfigError, ConfigErrors, ConfigNotFoundError
-from lmtp_cog.names import hub_repo_id_problem, model_name_problem, replicate_owner_problem
+from lmtp_cog.names import (
+    hub_repo_id_problem,
+    model_name_problem,
+    replicate_owner_problem,
+)
 
 PLACEHOLDER_DEST_PREFIX = "r8.im/YOURACCOUNT/"
 """What config.toml.example ships with: accepted, and means "no account yet, don't push"."""
@@ -27,10 +31,16 @@ PLACEHOLDER_DEST_PREFIX = "r8.im/YOURACCOUNT/"
 REGISTRY = "r8.im"
 TORCH_DTYPES = ("float16", "bfloat16", "float32", "auto")
 PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
+"""The Python versions the predictor runtime supports in the Cog image."""
 COG_SDK_VERSION = "0.23.1"
 """The Cog SDK every image gets unless ``cog.sdk_version`` says otherwise: the release the
 runtime is tested with (``make venv`` installs the same, through ``lmtp-cog[serve]``)."""
-"""The Python versions the predictor runtime supports in the Cog image."""
+TORCH_WHEEL_CUDA = "13.0"
+"""The CUDA that PyPI's wheel of the pinned torch (``predictors/requirements.txt``) is built for:
+torch 2.13.0 requires ``cuda-toolkit==13.0.*``. cog's torch-to-CUDA table ends before torch 2.13,
+so cog.yaml must name it (``build.cuda``); a test fails when the torch pin moves without it."""
+MIN_PYTHON_FOR_CONCURRENCY = "3.11"
+"""``cog build`` refuses concurrency above 1 on older Pythons (cog 0.22 ``pkg/config``)."""
 LOCAL_REPO_PREFIXES = ("/", "./", "../", "~")
 """How ``huggingface.repo`` says "a directory on this machine" rather than a Hub id."""
 
@@ -92,7 +102,7 @@ class CogOptions:
 
     gpu: bool = True
     cuda: str | None = None
-    """``None`` lets ``cog build`` pick the CUDA that matches the pinned torch."""
+    """``cog.cuda`` as written; ``None``: the CUDA of the pinned torch (see :attr:`image_cuda`)."""
     python_version: str = "3.11"
     sdk_version: str = COG_SDK_VERSION
     """The Cog SDK (and so coglet) installed in the image; the runtime is tested with the
@@ -100,6 +110,13 @@ class CogOptions:
     extra_requirements: tuple[str, ...] = ()
     """Extra pinned pip requirements (``name==version``), appended to requirements.txt."""
     system_packages: tuple[str, ...] = ()
+
+    @property
+    def image_cuda(self) -> str | None:
+        """cog.yaml's ``build.cuda``: ``cog.cuda``, else the pinned torch wheel's; none on CPU."""
+        if not self.gpu:
+            return None
+        return self.cuda or TORCH_WHEEL_CUDA
 
 
 @dataclass(frozen=True)
@@ -491,11 +508,23 @@ def _read_model(
             model=name,
             key="cog.cuda",
         )
+    if args.concurrency > 1 and _python_before(cog.python_version, MIN_PYTHON_FOR_CONCURRENCY):
+        problems.add(
+            f"cog build refuses concurrency above 1 on Python {cog.python_version}; set "
+            f'cog.python_version = "{MIN_PYTHON_FOR_CONCURRENCY}" or newer, or '
+            "config.concurrency = 1",
+            model=name,
+            key="cog.python_version",
+        )
 
     # A source is missing only with a problem reported; the test is for the type checker.
     if len(problems.errors) > reported_before or source is None:
         return None
     return ModelSpec(name=name, source=source, args=args, cog=cog)
+
+
+def _python_before(version: str, other: str) -> bool:
+    return tuple(map(int, version.split("."))) < tuple(map(int, other.split(".")))
 
 
 def _unknown_model_key(key: str) -> str:

@@ -1,10 +1,13 @@
 """Render one model's Cog project (everything but its checkpoints) from the templates.
 
-Design rule: the model's settings reach the generated project only as data. ``predict.py`` and
-``push`` are the same text for every model and read ``model_settings.json``; cog.yaml gets its
-values as JSON scalars and lists (JSON is YAML), so quotes, newlines or ``$(...)`` in a setting
-stay a value and never become code. README.md is prose for people: its code samples quote values
-for the language they show (``tojson`` for Python, ``shquote`` for the shell).
+Design rule: the model's settings reach the generated project only as data. ``push`` is the same
+text for every model and reads ``model_settings.json``; cog.yaml gets its values as JSON scalars
+and lists (JSON is YAML), so quotes, newlines or ``$(...)`` in a setting stay a value and never
+become code. ``predict.py`` is the one exception, because ``cog build`` reads the Cog interface
+from its source: its inputs come from the runtime's own table (``lmtp_runtime.inputs``) and its
+concurrency is the model's ``config.concurrency``, an integer, each written as a Python literal.
+README.md is prose for people: its code samples quote values for the language they show
+(``tojson`` for Python, ``shquote`` for the shell).
 """
 
 from __future__ import annotations
@@ -18,24 +21,32 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from lmtp_runtime.inputs import RUN_INPUTS, CogInput, InputValue
 
 from lmtp_cog import __version__, paths
-from lmtp_cog.config import ModelSpec, ProjectConfig
+from lmtp_cog.cog_interface import PREDICTOR_REF, parse_predictor
+from lmtp_cog.config import TORCH_WHEEL_CUDA, ModelSpec, ProjectConfig
 from lmtp_cog.errors import BuildError
 from lmtp_cog.resolution import ResolvedModel
-from lmtp_cog.settings import CHECKPOINT_DIR, SETTINGS_FILE, model_settings, settings_text
+from lmtp_cog.settings import (
+    CHECKPOINT_DIR,
+    SETTINGS_FILE,
+    model_settings,
+    settings_text,
+)
 from lmtp_cog.units import human_size
 
 TEMPLATE_OUTPUTS: dict[str, str] = {
     "cog.yaml": "cog.yaml.j2",
     "requirements.txt": "requirements.txt.j2",
-    "predict.py": "predict.py.j2",
     "README.md": "README.md.j2",
     ".dockerignore": "dockerignore.j2",
     ".gitignore": "gitignore.j2",
 }
 """Each generated file and the template it comes from (the dotfiles' templates are visible)."""
 
+PREDICT_PY = "predict.py"
+PREDICT_TEMPLATE = "predict.py.j2"
 PUSH_SCRIPT = "push"
 PUSH_TEMPLATE = "push.j2"
 RUNTIME_PACKAGE = "lmtp_runtime"
@@ -85,6 +96,8 @@ def render_project(
         output: environment.get_template(template).render(context)
         for output, template in TEMPLATE_OUTPUTS.items()
     }
+    texts[PREDICT_PY] = render_predict_py(concurrency=model.args.concurrency)
+    _check_interface(texts[PREDICT_PY], model=model, path=out_dir / PREDICT_PY)
     texts[SETTINGS_FILE] = settings_text(settings)
     if with_push:
         texts[PUSH_SCRIPT] = environment.get_template(PUSH_TEMPLATE).render(context)
@@ -101,6 +114,21 @@ def render_project(
         (out_dir / PUSH_SCRIPT).chmod(0o755)
     written += _copy_runtime(runtime_dir, out_dir / RUNTIME_PACKAGE)
     return sorted(written)
+
+
+def render_predict_py(*, concurrency: int) -> str:
+    """The ``predict.py`` of a model served ``concurrency`` predictions at a time.
+
+    It depends on nothing else: the inputs are the runtime's (``lmtp_runtime.inputs``), and the
+    model's settings stay in ``model_settings.json``.
+    """
+    if type(concurrency) is not int or concurrency < 1:
+        raise BuildError(f"concurrency must be a positive integer, not {concurrency!r}")
+    context = {
+        "concurrency": concurrency,
+        "run_inputs": [_rendered_input(spec) for spec in RUN_INPUTS],
+    }
+    return template_environment().get_template(PREDICT_TEMPLATE).render(context)
 
 
 @functools.cache
@@ -176,12 +204,69 @@ def _template_context(
             "weight_format": resolved.weight_format,
         },
         "cog": model.cog,
+        "cuda": model.cog.image_cuda,
+        "torch_wheel_cuda": TORCH_WHEEL_CUDA,
         "runtime_requirements": _runtime_requirements(paths.RUNTIME_REQUIREMENTS),
         "extra_requirements": [
             _requirement_line(requirement, model=model)
             for requirement in model.cog.extra_requirements
         ],
     }
+
+
+def _rendered_input(spec: CogInput) -> dict[str, Any]:
+    """One parameter of ``run()``: its annotation and its ``Input(...)`` keywords, as source."""
+    keywords = [f"default={python_literal(spec.default)}"]
+    keywords += [
+        f"{name}={python_literal(bound)}"
+        for name, bound in (("ge", spec.ge), ("le", spec.le))
+        if bound is not None
+    ]
+    keywords.append(f"description={python_literal(spec.description)}")
+    return {"name": spec.name, "annotation": spec.annotation, "keywords": keywords}
+
+
+def python_literal(value: InputValue) -> str:
+    """``value`` as Python source that ``ast.literal_eval`` and cog's static parser read back
+    as ``value``: ``None``, an int, a float (``1.0`` stays a float) or a string.
+
+    cog copies a string literal's text without decoding escapes, so strings must be plain
+    ASCII without quotes or backslashes (``lmtp_runtime.inputs`` checks its descriptions).
+    """
+    if isinstance(value, str):
+        if not value.isascii() or not value.isprintable() or set(value) & {'"', "\\"}:
+            raise BuildError(f"{value!r} cannot be written as a literal that cog reads back")
+        return f'"{value}"'
+    if isinstance(value, bool) or not isinstance(value, int | float | None):
+        raise BuildError(f"{value!r} is not an input default predict.py can declare")
+    return repr(value)
+
+
+def _check_interface(source: str, *, model: ModelSpec, path: Path) -> None:
+    """Read the rendered ``predict.py`` back as ``cog build`` will, and insist it declares what
+    the runtime serves: every input of ``RUN_INPUTS`` with its default, bounds and description,
+    none required, streaming, and the model's concurrency. A template that drifted fails the
+    build here instead of making an image that refuses LMQL's calls."""
+    declared = parse_predictor(source, path=path, class_name=PREDICTOR_REF.partition(":")[2])
+    seen = [
+        (item.name, item.default, item.ge, item.le, item.description, item.required)
+        for item in declared.inputs
+    ]
+    wanted = [
+        (spec.name, spec.default, spec.ge, spec.le, spec.description, False) for spec in RUN_INPUTS
+    ]
+    concurrency = model.args.concurrency
+    if (
+        seen != wanted
+        or not declared.streaming
+        or declared.concurrency_max != concurrency
+        or declared.is_async != (concurrency > 1)
+    ):
+        raise BuildError(
+            f"model '{model.name}': the rendered predict.py does not declare the interface the "
+            "runtime serves (templates/predict.py.j2 and lmtp_runtime/inputs.py disagree); "
+            "reinstall lmtp-cog from a complete checkout."
+        )
 
 
 def _runtime_requirements(path: Path) -> list[str]:

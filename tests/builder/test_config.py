@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from lmtp_cog import paths
 from lmtp_cog.config import (
+    TORCH_WHEEL_CUDA,
     CogOptions,
     HuggingFaceSource,
     ModelArgs,
@@ -630,6 +632,12 @@ MISTAKES = [
         says=("expected one of '3.10', '3.11', '3.12', '3.13'",),
     ),
     _one(
+        "concurrency-on-python-3.10",
+        'cog.python_version = "3.10"',
+        key="cog.python_version",
+        says=("cog build refuses concurrency above 1 on Python 3.10", "config.concurrency = 1"),
+    ),
+    _one(
         "requirements-not-a-list",
         'cog.extra_requirements = "sentencepiece==0.2.0"',
         key="cog.extra_requirements",
@@ -918,3 +926,23 @@ def test_the_default_cog_sdk_is_the_one_the_tests_run() -> None:
     from importlib.metadata import version
 
     assert CogOptions().sdk_version == version("cog") == version("coglet")
+
+
+def test_one_prediction_at_a_time_builds_on_python_3_10(write) -> None:
+    path = write(config_text('cog.python_version = "3.10"', "config.concurrency = 1"))
+    model = load_config(path).models[0]
+    assert (model.cog.python_version, model.args.concurrency) == ("3.10", 1)
+
+
+# What PyPI's Linux wheel of each torch release is built for (its cuda-toolkit requirement).
+TORCH_WHEEL_CUDAS = {"2.13.0": "13.0"}
+
+
+def test_the_image_cuda_is_the_one_the_pinned_torch_wheel_needs() -> None:
+    """cog's torch-to-CUDA table ends before torch 2.13, so cog.yaml names build.cuda itself:
+    when the torch pin moves, TORCH_WHEEL_CUDA must move with it."""
+    pins = paths.RUNTIME_REQUIREMENTS.read_text().splitlines()
+    [torch] = [line.split("==")[1] for line in pins if line.startswith("torch==")]
+    assert TORCH_WHEEL_CUDAS[torch] == TORCH_WHEEL_CUDA == CogOptions().image_cuda
+    assert CogOptions(gpu=False).image_cuda is None
+    assert CogOptions(cuda="12.8").image_cuda == "12.8"

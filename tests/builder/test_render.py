@@ -10,29 +10,33 @@ diff. ``golden/cog_config_schema.json`` is cog's schema of cog.yaml, copied from
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from lmtp_runtime.inputs import RUN_INPUTS
 
 from lmtp_cog import paths
-from lmtp_cog.config import CogOptions, HuggingFaceSource, ModelArgs, ModelSpec, ProjectConfig
+from lmtp_cog.cog_interface import read_predictor
+from lmtp_cog.cogserver import CogServer
+from lmtp_cog.config import (
+    CogOptions,
+    HuggingFaceSource,
+    ModelArgs,
+    ModelSpec,
+    ProjectConfig,
+)
 from lmtp_cog.errors import BuildError
-from lmtp_cog.render import render_project, to_json
+from lmtp_cog.render import render_predict_py, render_project, to_json
 from lmtp_cog.resolution import RepoFile, ResolvedModel
 from lmtp_cog.settings import model_settings
 
@@ -125,19 +129,17 @@ SCENARIOS = [_hub_8bit(), _local_no_dest()]
 STAND_IN_PREDICTOR = """\
 import json
 from pathlib import Path
-from typing import ClassVar
-
-from cog import BasePredictor, ConcatenateIterator
 
 
-class LmtpPredictor(BasePredictor):
-    settings_path: ClassVar[Path]
+class LmtpPredictor:
+    @classmethod
+    def from_settings(cls, path):
+        predictor = cls()
+        predictor.settings = json.loads(Path(path).read_text())
+        return predictor
 
-    def setup(self) -> None:
-        self.settings = json.loads(self.settings_path.read_text())
-
-    def predict(self, ops_batch_json: str) -> ConcatenateIterator[str]:
-        yield "MSG " + json.dumps({"settings": self.settings, "ops": ops_batch_json}) + "\\n"
+    def stream(self, **inputs):
+        yield "MSG " + json.dumps({"settings": self.settings, "inputs": inputs}) + "\\n"
 """
 
 
@@ -224,9 +226,9 @@ def test_cog_yaml_is_valid_for_cog(scenario: Scenario, tmp_path: Path, runtime_d
     assert build["python_version"] == scenario.model.cog.python_version  # a string, not 3.1
     assert build["python_requirements"] == "requirements.txt"
     assert "python_packages" not in build
-    assert build.get("cuda") == scenario.model.cog.cuda
+    assert build.get("cuda") == scenario.model.cog.image_cuda
     assert build.get("system_packages", []) == list(scenario.model.cog.system_packages)
-    assert document["predict"] == "predict.py:Predictor"
+    assert document["run"] == "predict.py:Predictor" and "predict" not in document
     assert document.get("image") == scenario.config.destination(scenario.model)
 
 
@@ -292,20 +294,118 @@ def test_model_settings_document(tmp_path: Path, runtime_dir: Path):
     }
 
 
-def test_predict_py_is_the_same_static_text_for_every_model(tmp_path: Path, runtime_dir: Path):
-    texts = set()
-    for scenario in SCENARIOS:
-        out = tmp_path / scenario.name
+def test_predict_py_depends_on_the_concurrency_alone(tmp_path: Path, runtime_dir: Path):
+    """No setting but config.concurrency reaches predict.py's source: everything else about the
+    model is data, in model_settings.json."""
+    texts = {}
+    for scenario in [*SCENARIOS, _with_concurrency(_hub_8bit(), 1)]:
+        out = tmp_path / f"{scenario.name}-{scenario.model.args.concurrency}"
         render(scenario, out, runtime_dir)
         text = (out / "predict.py").read_text()
-        assert scenario.resolved.repo not in text
-        assert scenario.model.name not in text
-        texts.add(text)
-    assert len(texts) == 1
-    tree = ast.parse(texts.pop())
+        assert scenario.resolved.repo not in text and scenario.model.name not in text
+        texts.setdefault(scenario.model.args.concurrency, set()).add(text)
+    assert sorted(texts) == [1, 8] and all(len(same) == 1 for same in texts.values())
+    tree = ast.parse(texts[8].pop())
     predictor = next(node for node in tree.body if isinstance(node, ast.ClassDef))
     assert predictor.name == "Predictor"
-    assert [ast.unparse(base) for base in predictor.bases] == ["LmtpPredictor"]
+    assert [ast.unparse(base) for base in predictor.bases] == ["BaseRunner"]
+
+
+def _with_concurrency(scenario: Scenario, concurrency: int) -> Scenario:
+    model = replace(scenario.model, args=replace(scenario.model.args, concurrency=concurrency))
+    return replace(scenario, config=replace(scenario.config, models=(model,)))
+
+
+@pytest.mark.parametrize("concurrency", [1, 4, 8])
+def test_predict_py_declares_everything_in_literals(concurrency: int) -> None:
+    """What cog build reads without running Python: every Input(...) keyword is a literal,
+    every decorator is literal, and nothing is computed at import time."""
+    tree = ast.parse(render_predict_py(concurrency=concurrency))
+    predictor = next(node for node in tree.body if isinstance(node, ast.ClassDef))
+    run = next(node for node in predictor.body if getattr(node, "name", None) == "run")
+    assert isinstance(run, ast.AsyncFunctionDef) == (concurrency > 1)
+    assert [ast.unparse(d) for d in run.decorator_list] == [
+        "cog.streaming",
+        f"cog.concurrent(max={concurrency})",
+    ]
+    assert ast.unparse(run.returns) == "ConcatenateIterator[str]"
+    declared = {}
+    for argument, default in zip(run.args.args[1:], run.args.defaults, strict=True):
+        assert isinstance(default, ast.Call) and ast.unparse(default.func) == "Input"
+        assert not default.args
+        declared[argument.arg] = {k.arg: ast.literal_eval(k.value) for k in default.keywords}
+    assert declared == {
+        spec.name: {
+            "default": spec.default,
+            **({"ge": spec.ge} if spec.ge is not None else {}),
+            **({"le": spec.le} if spec.le is not None else {}),
+            "description": spec.description,
+        }
+        for spec in RUN_INPUTS
+    }
+    # The module body: imports, one constant, the class; no calls that shape the interface.
+    assert [type(node).__name__ for node in tree.body] == [
+        "Expr", "ImportFrom", "Import", "ImportFrom", "ImportFrom", "Assign", "ClassDef",
+    ]
+
+
+# The Cog SDK's own view of a project's predictor: what coglet's worker sees when it imports
+# predict.py (the inputs it fills in and validates, the shape of run).
+_SDK_INSPECTOR = """\
+import inspect, json, warnings
+warnings.simplefilter("error", DeprecationWarning)
+from cog._inspector import create_predictor
+from predict import Predictor
+info = create_predictor("predict", "Predictor")
+print(json.dumps({
+    "inputs": {name: {"type": f.type.primitive.name, "repetition": f.type.repetition.name,
+                      "default": f.default, "description": f.description, "ge": f.ge,
+                      "le": f.le, "choices": f.choices, "min_length": f.min_length,
+                      "max_length": f.max_length, "regex": f.regex}
+               for name, f in info.inputs.items()},
+    "output": [info.output.kind.name, info.output.type.name],
+    "async": inspect.iscoroutinefunction(Predictor.run),
+    "concurrency": getattr(Predictor.run, "__cog_concurrent_max__", None),
+}))
+"""
+_SDK_TYPES = {"STRING": "string", "INTEGER": "integer", "FLOAT": "number", "BOOL": "boolean"}
+
+
+@pytest.mark.parametrize("concurrency", [1, 4, 8])
+def test_the_static_view_equals_the_cog_sdks_input_by_input(concurrency: int, tmp_path: Path):
+    """cog build reads predict.py statically; coglet's worker imports it. The two must agree on
+    every input (type, default, bounds, nullability, description), the output and the
+    concurrency, and neither may require an input."""
+    scenario = _with_concurrency(_hub_8bit(), concurrency)
+    project = tmp_path / "project"
+    render(scenario, project, paths.RUNTIME_PACKAGE_DIR)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", _SDK_INSPECTOR],
+        cwd=project, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    sdk = json.loads(result.stdout.strip().splitlines()[-1])
+    static = read_predictor(project)
+
+    assert list(sdk["inputs"]) == [declared.name for declared in static.inputs]
+    for declared in static.inputs:
+        seen = sdk["inputs"][declared.name]
+        assert (_SDK_TYPES[seen["type"]], seen["repetition"] == "OPTIONAL") == (
+            declared.json_type,
+            declared.nullable,
+        ), declared.name
+        assert seen["default"] == declared.default and declared.has_default, declared.name
+        assert (seen["ge"], seen["le"], seen["description"]) == (
+            declared.ge,
+            declared.le,
+            declared.description,
+        ), declared.name
+        assert seen["choices"] is seen["min_length"] is seen["max_length"] is seen["regex"] is None
+        assert not declared.required
+    assert sdk["output"] == ["CONCAT_ITERATOR", "STRING"] and static.streaming
+    assert (sdk["async"], sdk["concurrency"]) == (static.is_async, static.concurrency_max)
+    assert static.concurrency_max == concurrency and static.warnings == ()
 
 
 def test_runtime_is_copied_as_plain_files_without_bytecode(tmp_path: Path, runtime_dir: Path):
@@ -338,70 +438,22 @@ def test_the_real_runtime_is_copied_by_default(tmp_path: Path):
 
 
 def test_cog_serves_the_rendered_project_with_its_settings(tmp_path: Path, runtime_dir: Path):
-    """predict.py binds the copied runtime to the settings beside it, as Cog's server loads it."""
+    """predict.py binds the copied runtime to the settings beside it and hands run()'s inputs
+    over, as Cog's server (with the image's schema and concurrency) loads and calls it."""
     scenario = _hub_8bit()
     project = tmp_path / "project"
     render(scenario, project, runtime_dir)
 
-    with cog_server(project) as url:
-        output = post_json(f"{url}/predictions", {"input": {"ops_batch_json": "[]"}})["output"]
+    with CogServer(project, env={"PYTHONPATH": ""}) as server:
+        server.wait_ready(timeout=60)
+        output = server.predict({"ops_batch_json": "[]"})["output"]
 
     kind, payload = "".join(output).split(" ", 1)
     assert kind == "MSG"
     assert json.loads(payload) == {
         "settings": json.loads((project / "model_settings.json").read_text()),
-        "ops": "[]",
+        "inputs": {spec.name: spec.default for spec in RUN_INPUTS} | {"ops_batch_json": "[]"},
     }
-
-
-@contextlib.contextmanager
-def cog_server(project: Path) -> Iterator[str]:
-    """Cog's own HTTP server (coglet) on 127.0.0.1, run from ``project`` as in the image."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        # The server starts its worker with the `python` on PATH: it must be this venv's.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-        "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-        "PORT": str(port),
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while (health := _health(url)).get("status") != "READY":
-            assert health.get("status") != "SETUP_FAILED", health.get("setup", {}).get("logs")
-            assert server.poll() is None, "cog's server exited"
-            assert time.monotonic() < deadline, f"cog's server never became ready: {health}"
-            time.sleep(0.2)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def _health(url: str) -> dict:
-    try:
-        with urllib.request.urlopen(f"{url}/health-check", timeout=5) as response:
-            return json.load(response)
-    except OSError:
-        return {}
-
-
-def post_json(url: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
 
 
 def test_missing_runtime_is_a_build_error(tmp_path: Path):
@@ -598,7 +650,7 @@ def test_injected_settings_stay_data(
 
     # cog.yaml holds exactly the keys it should, with the values as they were.
     document = read_cog_yaml(project)
-    assert set(document) == {"build", "image", "predict"}
+    assert set(document) == {"build", "image", "run"}
     assert document["image"] == destination
     assert document["build"]["cuda"] == model.cog.cuda
     assert document["build"]["python_version"] == model.cog.python_version
@@ -650,13 +702,13 @@ def test_readme_code_samples_quote_injected_settings(
     replicate_model = destination.partition("/")[2]
     assert {resolved.repo, f"replicate:{replicate_model}", replicate_model} <= literals
 
-    # The shell samples run: each is a `cog predict` with one well-formed ops_batch_json, and the
+    # The shell samples run: each is a `cog run` with one well-formed ops_batch_json, and the
     # pushed image's name reaches cog as one argument.
     shell_blocks = re.findall(r"^```sh\n(.*?)^```$", readme, flags=re.S | re.M)
     result = run_script_text("\n".join(shell_blocks), path=[fake_cog, tools], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     calls = cog_calls(fake_cog)
-    assert [call[0] for call in calls] == ["predict"] * 3
+    assert [call[0] for call in calls] == ["run"] * 3
     assert calls[-1][1] == destination
     for call in calls:
         option = call[call.index("-i") + 1]
