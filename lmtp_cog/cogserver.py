@@ -1,8 +1,10 @@
 """Run a generated project with the real Cog prediction server, without Docker.
 
-``cog predict`` needs Docker; the Cog runtime itself (``coglet``, from PyPI) does not. This starts
-``python -m cog.server.http`` in ``work/NAME`` exactly as the container would, waits for setup to
-finish, and stops it again. Used by ``make demo``, the end-to-end tests and ``./serve``.
+``cog run`` needs Docker; the Cog runtime itself (``coglet``, from PyPI) does not. This starts
+``python -m cog.server.http`` in ``work/NAME`` exactly as the image would: with the OpenAPI
+schema and the concurrency that ``cog build`` bakes into it, both read from ``predict.py``'s
+source the way cog reads them (:mod:`lmtp_cog.cog_interface`), and nothing else. It waits for
+setup to finish, and stops it again. Used by ``make demo``, the end-to-end tests and ``./serve``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .cog_interface import DeclaredPredictor, openapi_schema, read_predictor
 from .errors import LmtpCogError
-from .settings import SETTINGS_FILE
+
+SCHEMA_PATH = Path(".cog") / "openapi_schema.json"
+"""Where ``cog build`` puts the schema in the image, and where coglet reads it (relative to the
+project folder). Without it coglet validates no input, answers SSE with 406 and /openapi.json
+with 503."""
 
 
 class CogServerError(LmtpCogError):
@@ -32,16 +39,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def project_concurrency(project_dir: Path) -> int:
-    """``serve.concurrency`` of the project's ``model_settings.json``; 1 without one."""
-    try:
-        settings = json.loads((project_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
-        concurrency = settings["serve"]["concurrency"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return 1
-    return concurrency if isinstance(concurrency, int) and concurrency >= 1 else 1
 
 
 class CogServer:
@@ -59,15 +56,15 @@ class CogServer:
         python: str = sys.executable,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
-        concurrency: int | None = None,
     ) -> None:
         """
-        Args:
-            concurrency: most predictions Cog runs at once; ``None``: the project's
-                ``serve.concurrency`` (what ``cog build`` declares in the image), else 1.
+        Raises:
+            CogInterfaceError: ``predict.py`` does not declare its interface the way ``cog
+                build`` reads it (the message names the file, line and input).
         """
         self.project_dir = project_dir
-        self.concurrency = concurrency or project_concurrency(project_dir)
+        self.interface: DeclaredPredictor = read_predictor(project_dir)
+        """What ``cog build`` reads from ``predict.py``: the schema and concurrency it bakes."""
         self.host = host
         self.port = port or free_port()
         self.python = python
@@ -79,7 +76,20 @@ class CogServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def concurrency(self) -> int:
+        """Most predictions Cog runs at once, as in the image: ``@cog.concurrent(max=N)``."""
+        return self.interface.max_concurrency
+
+    def write_schema(self) -> Path:
+        """Write ``.cog/openapi_schema.json`` as ``cog build`` would; return its path."""
+        path = self.project_dir / SCHEMA_PATH
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(openapi_schema(self.interface), indent=2) + "\n")
+        return path
+
     def start(self) -> CogServer:
+        self.write_schema()  # coglet reads it once, at start-up
         # The server starts its worker with plain `python` from PATH: the interpreter that has
         # coglet must come first, or setup never finishes.
         bin_dir = str(Path(self.python).parent)
@@ -89,7 +99,7 @@ class CogServer:
             "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
             "PORT": str(self.port),
             "PYTHONUNBUFFERED": "1",
-            # In an image, `cog build` sets this from the predictor's @cog.concurrent(max=N).
+            # In an image, `cog build` bakes this in from the predictor's @cog.concurrent(max=N).
             "COG_MAX_CONCURRENCY": str(self.concurrency),
             **self.extra_env,
         }

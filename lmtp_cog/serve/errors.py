@@ -15,7 +15,3 @@ class ServeError(LmtpCogError):
 
 class ProjectNotFoundError(ServeError):
     """``work/NAME`` does not exist or is not a project made by ``./build``."""
-
-
-class SchemaError(ServeError):
-    """The predictor's inputs could not be described for Cog's server."""

@@ -2,8 +2,10 @@
 LMQL's native LMTP websocket endpoint, which share one queue of predictions.
 
 The order matters. The addresses are taken first, so that a port already in use is reported
-before minutes of model loading, not after. The OpenAPI schema must exist before the Cog server
-starts (coglet reads it once, at start-up). Both endpoints answer only once ``setup()`` finished;
+before minutes of model loading, not after. The Cog server gets the OpenAPI schema and the
+concurrency ``cog build`` would bake into the image, read from ``predict.py``'s source
+(:class:`~lmtp_cog.cogserver.CogServer`); the version the API shows carries the same schema. Both
+endpoints answer only once ``setup()`` finished;
 requests that arrive earlier wait in the sockets' backlogs. On the way out the websocket endpoint
 stops first (its clients' predictions are canceled), then the API (ending its streams and
 canceling what runs), then the Cog server's process group.
@@ -12,7 +14,6 @@ canceling what runs), then the Cog server's process group.
 from __future__ import annotations
 
 import errno
-import json
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -20,11 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cog_interface import openapi_schema
 from ..cogserver import CogServer
 from .cog_client import CogClient
 from .errors import ServeError
 from .lmtp_websocket import LmtpWebsocketServer
-from .openapi import write_openapi_schema
 from .project import ServedModel, load_served_model
 from .replicate_api import ReplicateApi, ReplicateApiServer
 from .runner import PredictionRunner
@@ -83,12 +84,12 @@ def serve_project(
     Raises:
         ServeError: the API cannot listen on ``host:port``, or the websocket endpoint on
             ``host:lmtp_port``.
-        SchemaError: ``predict.py`` does not import.
+        CogInterfaceError: ``predict.py`` does not declare its interface the way ``cog build``
+            reads it.
         CogServerError: the Cog server did not start, or ``setup()`` failed (the model's error).
     """
-    schema_path = write_openapi_schema(project_dir, python=python)
-    model = load_served_model(project_dir, json.loads(schema_path.read_text()))
     cog = CogServer(project_dir, port=cog_port, python=python)
+    model = load_served_model(project_dir, openapi_schema(cog.interface))
     runner = PredictionRunner(CogClient(cog.url))
     api = _listen(host, port, ReplicateApi(model, runner))
     lmtp: LmtpWebsocketServer | None = None

@@ -1,42 +1,39 @@
 """The runtime behind the real Cog prediction server (coglet), the way the image runs it.
 
-Each test assembles a project like the builder's ``work/NAME`` by hand: a copy of
-``predictors/lmtp_runtime``, the thin generated ``predict.py``, ``model_settings.json`` and a tiny
-checkpoint in ``checkpoints/``. It then starts ``python -m cog.server.http`` in it, as NOTES.md
-describes (the venv first on PATH, because the server starts its worker with plain ``python``),
-and talks HTTP to it on 127.0.0.1, through :class:`lmtp_cog.cogserver.CogServer`, which kills
-every server by its process group on the way out.
+Each test assembles a project like the builder's ``work/NAME``: a copy of
+``predictors/lmtp_runtime``, the ``predict.py`` the builder renders, ``model_settings.json`` and a
+tiny checkpoint in ``checkpoints/``. It then starts ``python -m cog.server.http`` in it through
+:class:`lmtp_cog.cogserver.CogServer`, with what ``cog build`` bakes into an image: the OpenAPI
+schema read statically from ``predict.py`` as ``.cog/openapi_schema.json`` (so Cog validates
+every input, and streams only because ``@cog.streaming`` is written) and ``COG_MAX_CONCURRENCY``
+from ``@cog.concurrent(max=N)``. Nothing else is set: no input is forced on, no concurrency
+added. It talks HTTP to it on 127.0.0.1; every server is killed by its process group on the way
+out.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lmtp_cog.cogserver import CogServer, CogServerError
+from lmtp_cog.render import render_predict_py
+from lmtp_cog.serve.cog_client import CogClient, Started
 
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "predictors" / "lmtp_runtime"
 VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 60.0
-PREDICT_PY = """\
-from pathlib import Path
-
-from lmtp_runtime.predictor import LmtpPredictor
-
-
-class Predictor(LmtpPredictor):
-    settings_path = Path(__file__).with_name("model_settings.json")
-"""
 PROMPT = [1, 5, 6, 7, 8, 9]
 
 
@@ -46,7 +43,8 @@ def assemble_project(root: Path, checkpoint_dir: Path, settings: dict[str, Any])
         RUNTIME_DIR, root / "lmtp_runtime", ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copytree(checkpoint_dir, root / "checkpoints")
-    (root / "predict.py").write_text(PREDICT_PY)
+    concurrency = settings["serve"]["concurrency"]
+    (root / "predict.py").write_text(render_predict_py(concurrency=concurrency))
     (root / "model_settings.json").write_text(
         json.dumps({**settings, "checkpoint_dir": "checkpoints"}, indent=2)
     )
@@ -85,67 +83,135 @@ def start(project: Path) -> CogServer:
 
 @pytest.fixture(scope="module")
 def server(project: Path) -> Iterator[CogServer]:
+    """Concurrency 8, the default: ``async def run`` returning a sync generator."""
     with start(project) as running:
-        health = running.wait_ready(timeout=STARTUP_TIMEOUT_S)
-        running.setup_logs = health["setup"]["logs"]  # type: ignore[attr-defined]
+        running.wait_ready(timeout=STARTUP_TIMEOUT_S)
         yield running
 
 
-# --- tests ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_at_a_time_server(
+    tmp_path_factory: pytest.TempPathFactory, llama_dir: Path, make_settings: Callable[..., Any]
+) -> Iterator[CogServer]:
+    """Concurrency 1: ``def run``, a sync generator."""
+    root = tmp_path_factory.mktemp("cog-one-at-a-time")
+    project = assemble_project(root, llama_dir, make_settings(llama_dir, concurrency=1))
+    with start(project) as running:
+        running.wait_ready(timeout=STARTUP_TIMEOUT_S)
+        yield running
 
 
-INSPECT = (
-    "import inspect, json; from cog._inspector import create_predictor\n"
-    "info = create_predictor('predict', 'Predictor')\n"
-    "predict = __import__('predict').Predictor.predict\n"
-    "print(json.dumps({'inputs': {name: [f.type.primitive.name, f.type.repetition.name,\n"
-    "    f.description, repr(f.default)] for name, f in info.inputs.items()},\n"
-    "    'output': [info.output.kind.name, info.output.type.name],\n"
-    "    'async': inspect.iscoroutinefunction(predict),\n"
-    "    'concurrency': getattr(predict, '__cog_concurrent_max__', None)}))\n"
-)
-"""Describes ``predict.py`` in the current folder with the Cog SDK's own inspector."""
-
-
-def inspect_predictor(project: Path) -> dict[str, Any]:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    result = subprocess.run(
-        [str(VENV_BIN / "python"), "-W", "ignore", "-c", INSPECT],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=REQUEST_TIMEOUT_S,
-        check=True,
+def post_once(server: CogServer, inputs: dict[str, Any]) -> tuple[int, Any]:
+    """One ``POST /predictions`` (waiting for the result), never retried: status and body."""
+    request = urllib.request.Request(
+        f"{server.url}/predictions",
+        data=json.dumps({"input": inputs}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
 
 
-def test_cog_finds_the_inherited_predict_signature(project: Path, server: CogServer) -> None:
-    """The thin subclass defines nothing but settings_path; Cog must still see the inputs.
+# --- what the image's schema lets through -------------------------------------------------------
 
-    ``ops_batch_json`` (LMTP) and ``prompt`` (text mode) are both optional: exactly one is given.
-    """
-    schema = inspect_predictor(project)
-    assert {"ops_batch_json", "prompt", "max_new_tokens", "temperature"} <= set(schema["inputs"])
-    kind, repetition, description, _ = schema["inputs"]["ops_batch_json"]
-    assert (kind, repetition) == ("STRING", "OPTIONAL") and "GENERATE" in description
-    assert schema["output"] == ["CONCAT_ITERATOR", "STRING"]
-    # @cog.concurrent(max=serve.concurrency), which `cog build` turns into COG_MAX_CONCURRENCY.
-    settings = json.loads((project / "model_settings.json").read_text())
-    assert schema["concurrency"] == settings["serve"]["concurrency"] == 8
-    assert schema["async"]
-    assert "Detected async predict()" in server.setup_logs  # type: ignore[attr-defined]
+MODEL_INFO_OPS = json.dumps([["MODEL_INFO", {"stream_id": 1}]])
 
 
-def test_with_concurrency_1_predict_is_the_sync_generator_with_the_same_inputs(
-    tmp_path: Path, project: Path, llama_dir: Path, make_settings: Callable[..., Any]
+@pytest.mark.parametrize("fixture", ["server", "one_at_a_time_server"])
+def test_lmql_and_text_calls_give_one_input_and_succeed(
+    fixture: str, request: pytest.FixtureRequest
 ) -> None:
-    one = assemble_project(tmp_path, llama_dir, make_settings(llama_dir, concurrency=1))
-    sync, concurrent = inspect_predictor(one), inspect_predictor(project)
-    assert (sync["async"], sync["concurrency"]) == (False, None)
-    assert (concurrent["async"], concurrent["concurrency"]) == (True, 8)
-    assert sync["inputs"] == concurrent["inputs"] and sync["output"] == concurrent["output"]
+    """LMQL's client sends ``ops_batch_json`` alone and a Replicate LLM client ``prompt``
+    alone: with the schema ``cog build`` makes, Cog fills in every other input's default.
+
+    (A schema where a default was lost makes that input required: every such call gets 422.)
+    """
+    server = request.getfixturevalue(fixture)
+    lmtp = server.predict({"ops_batch_json": MODEL_INFO_OPS})
+    assert lmtp["status"] == "succeeded", lmtp
+    [(kind, data)] = parse_output(lmtp["output"])
+    assert kind == "MSG" and data["model_info"]["name"] == "tiny"
+
+    text = server.predict({"prompt": "Hi"})
+    assert text["status"] == "succeeded", text
+    assert text["output"] and all(isinstance(chunk, str) for chunk in text["output"])
+
+
+def test_the_schema_is_enforced_before_the_model_runs(server: CogServer) -> None:
+    status, body = post_once(server, {"prompt": "Hi", "top_p": 2})
+    assert status == 422, body
+    assert [item["loc"][-1] for item in body["detail"]] == ["top_p"]
+    # An input the schema does not name is dropped by coglet, not passed to run().
+    status, body = post_once(server, {"prompt": "Hi", "max_new_tokens": 2, "no_such_input": 1})
+    assert (status, body["status"]) == (200, "succeeded"), body
+
+
+@pytest.mark.parametrize("fixture", ["server", "one_at_a_time_server"])
+def test_predictions_stream_over_sse(fixture: str, request: pytest.FixtureRequest) -> None:
+    """The image answers ``Accept: text/event-stream`` (LMQL's client needs ``urls.stream``)
+    because ``@cog.streaming`` is written in ``predict.py``; without it coglet answers 406."""
+    server = request.getfixturevalue(fixture)
+    op = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0, "stream_id": 3}
+    answer = CogClient(server.url).start(
+        f"sse-{fixture}", {"ops_batch_json": json.dumps([["GENERATE", op]])}
+    )
+    assert isinstance(answer, Started), answer
+    chunks, status = [], None
+    for name, data in answer.events():
+        if name == "output":
+            chunks.append(data["chunk"])
+        elif name == "completed":
+            status = data["status"]
+            break
+    answer.close()
+    assert status == "succeeded"
+    assert len(chunks) == 12 and len(parse_output(chunks)) == 12  # one event per decode step
+
+
+def test_eight_predictions_at_once_run_together(server: CogServer) -> None:
+    """``@cog.concurrent(max=8)`` on an ``async def``: Cog takes 8 at once, and each streams
+    while the others run (the last to start has output before the first one ends)."""
+    ops = [["GENERATE", {"prompt": PROMPT, "max_tokens": 60, "temperature": 0, "stream_id": 1,
+                         "logit_bias": {"2": -100}}]]
+    results: list[dict[str, Any]] = [{} for _ in range(8)]
+    began = time.perf_counter()
+
+    def follow(index: int) -> None:
+        answer = CogClient(server.url).start(f"eight-{index}", {"ops_batch_json": json.dumps(ops)})
+        if not isinstance(answer, Started):
+            results[index]["status"] = repr(answer)
+            return
+        for name, data in answer.events():
+            if name == "output":
+                results[index].setdefault("first", time.perf_counter() - began)
+            elif name == "completed":
+                results[index].update(status=data["status"], ended=time.perf_counter() - began)
+                break
+        answer.close()
+
+    threads = [threading.Thread(target=follow, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=REQUEST_TIMEOUT_S)
+    assert [result.get("status") for result in results] == ["succeeded"] * 8, results
+    assert max(r["first"] for r in results) < min(r["ended"] for r in results), results
+
+
+def test_back_to_back_predictions_are_never_refused_with_concurrency_8(server: CogServer) -> None:
+    """One caller, 200 predictions one after another, each sent the moment the last returned:
+    Cog never answers 409. (With one slot it does, now and then: coglet frees a slot only after
+    the response, so a caller of a concurrency-1 image must retry a 409, as Replicate and
+    ./serve do; docs/cog-build.md has the measurement.)"""
+    statuses = [post_once(server, {"ops_batch_json": MODEL_INFO_OPS})[0] for _ in range(200)]
+    assert statuses == [200] * 200, {code: statuses.count(code) for code in set(statuses)}
+
+
+# --- answers -------------------------------------------------------------------------------------
 
 
 def test_a_prediction_through_cog_answers_every_command(
@@ -224,43 +290,8 @@ STREAMED_TOKENS = 200
 """Long enough that three predictions sent at once overlap by a wide margin."""
 
 
-@contextmanager
-def streaming_server_for(
-    root: Path, checkpoint_dir: Path, settings: dict[str, Any]
-) -> Iterator[CogServer]:
-    """A ready Cog server for a project with the OpenAPI schema `cog build` writes, so that Cog
-    streams events."""
-    from lmtp_cog.serve.openapi import write_openapi_schema
-
-    project = assemble_project(root, checkpoint_dir, settings)
-    write_openapi_schema(project)
-    with start(project) as running:
-        running.wait_ready(timeout=STARTUP_TIMEOUT_S)
-        yield running
-
-
-@pytest.fixture(scope="module")
-def streaming_server(
-    tmp_path_factory: pytest.TempPathFactory, llama_dir: Path, make_settings: Callable[..., Any]
-) -> Iterator[CogServer]:
-    """Concurrency 8, the default: a coroutine returning a sync generator."""
-    root = tmp_path_factory.mktemp("cog-streaming")
-    with streaming_server_for(root, llama_dir, make_settings(llama_dir)) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def one_at_a_time_server(
-    tmp_path_factory: pytest.TempPathFactory, llama_dir: Path, make_settings: Callable[..., Any]
-) -> Iterator[CogServer]:
-    """Concurrency 1: a sync generator."""
-    root = tmp_path_factory.mktemp("cog-one-at-a-time")
-    with streaming_server_for(root, llama_dir, make_settings(llama_dir, concurrency=1)) as running:
-        yield running
-
-
 def test_concurrent_predictions_run_at_once_and_each_streams_its_own_answer(
-    streaming_server: CogServer, llama_dir: Path, load_predictor: Callable[..., Any]
+    server: CogServer, llama_dir: Path, load_predictor: Callable[..., Any]
 ) -> None:
     """Three predictions at once (concurrency 8): none waits for another, each streams.
 
@@ -268,17 +299,12 @@ def test_concurrent_predictions_run_at_once_and_each_streams_its_own_answer(
     log line to its prediction through context variables, which the runtime carries into the
     generator Cog iterates in its worker thread.
     """
-    import threading
-    import time
-
-    from lmtp_cog.serve.cog_client import CogClient, Started
-
     text = {"prompt": "the cat", "max_new_tokens": STREAMED_TOKENS,
             "min_new_tokens": STREAMED_TOKENS, "temperature": 0}
     op = {"prompt": PROMPT, "max_tokens": STREAMED_TOKENS, "temperature": 0, "stream_id": 7,
           "logit_bias": {"2": -100}}
     inputs = [text, {**text, "prompt": "a dog"}, {"ops_batch_json": json.dumps([["GENERATE", op]])}]
-    client = CogClient(streaming_server.url)
+    client = CogClient(server.url)
     timelines: list[dict[str, Any]] = [{} for _ in inputs]
     started = time.perf_counter()
 
@@ -340,10 +366,8 @@ def test_a_canceled_prediction_ends_canceled_and_frees_its_slot(
     generator: its streams stop at the next step. With concurrency above 1, coglet 0.23.1 does
     not stop the generator (bench/coglet_probe.py): it runs to its end, then Cog reports the
     prediction canceled. Either way the next prediction runs normally."""
-    from lmtp_cog.serve.cog_client import CogClient, Started
-
     server = request.getfixturevalue(
-        "one_at_a_time_server" if concurrency == 1 else "streaming_server"
+        "one_at_a_time_server" if concurrency == 1 else "server"
     )
     ops = [
         ["GENERATE", {"prompt": PROMPT, "max_tokens": STREAMED_TOKENS, "temperature": 0,

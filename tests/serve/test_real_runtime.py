@@ -1,7 +1,7 @@
 """End to end: the real LMTP runtime, served by ./serve's stack, queried by real LMQL.
 
 The project is put together the way ./build lays it out (the runtime package copied in, the
-template's thin predict.py, model_settings.json, a tiny random Llama checkpoint), then served by
+builder's predict.py, model_settings.json, a tiny random Llama checkpoint), then served by
 the real Cog server behind the Replicate-compatible API. LMQL's answer must equal plain
 transformers greedy decoding of the same token ids.
 """
@@ -13,11 +13,11 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import jinja2
 import pytest
 import replicate
 
-from lmtp_cog.paths import RUNTIME_PACKAGE_DIR, TEMPLATES_DIR
+from lmtp_cog.paths import RUNTIME_PACKAGE_DIR
+from lmtp_cog.render import render_predict_py
 from lmtp_cog.serve.redirect import redirect_replicate_api
 from lmtp_cog.serve.service import Served, serve_project
 
@@ -35,15 +35,14 @@ def project(
     shutil.copytree(
         RUNTIME_PACKAGE_DIR, project / "lmtp_runtime", ignore=shutil.ignore_patterns("__pycache__")
     )
-    template = (TEMPLATES_DIR / "predict.py.j2").read_text()
-    (project / "predict.py").write_text(jinja2.Template(template).render())
+    (project / "predict.py").write_text(render_predict_py(concurrency=8))
     settings = {
         "format": 1,
         "name": MODEL,
         "destination": f"r8.im/{OWNER}/{MODEL}",
         "checkpoint_dir": "checkpoints",
         "load": {"quantization": "none"},
-        "serve": {"max_batch_size": 4},
+        "serve": {"max_batch_size": 4, "concurrency": 8},
     }
     (project / "model_settings.json").write_text(json.dumps(settings))
     return project
