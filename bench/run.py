@@ -1,7 +1,7 @@
 """Benchmark our LMTP predictor side by side with LMQL's own scheduler and two bare-loop floors.
 
     .venv/bin/python bench/run.py              # full run (~10 min on 2 cores), writes docs/benchmarks.md
-    .venv/bin/python bench/run.py --quick      # smoke run: short traces, one repeat
+    .venv/bin/python bench/run.py --quick      # smoke run: short traces, one repeat (work/)
 
 ``make bench`` runs the first. The workloads are in :mod:`workloads`, the servers in
 :mod:`backends` and :mod:`floors`, cold start in :mod:`coldstart`, the Markdown in :mod:`report`.
@@ -39,6 +39,8 @@ from workloads import Run, Sizes, Vocabulary  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks.md"
+QUICK_OUTPUT = REPO_ROOT / "work" / "benchmarks-quick.md"
+"""A smoke run's figures are not measurements: they never replace docs/benchmarks.md."""
 LMQL_NOTES = (
     "LMQL gets workload 3 without `seed`: its Transformers backend hands every extra argument to "
     "`model.generate`, which rejects `seed` on transformers 5. Its four streams then share one "
@@ -108,9 +110,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=plan.ALL_BACKENDS,
         help=f"comma-separated subset of {','.join(plan.ALL_BACKENDS)}",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="Markdown file to write (default docs/benchmarks.md; work/benchmarks-quick.md with --quick)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where the model is cached")
     arguments = parser.parse_args(argv)
+    if arguments.output is None:
+        arguments.output = QUICK_OUTPUT if arguments.quick else DEFAULT_OUTPUT
     unknown = set(arguments.backends) - set(plan.ALL_BACKENDS)
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {', '.join(plan.ALL_BACKENDS)}")
