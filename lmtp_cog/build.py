@@ -1,8 +1,9 @@
 """The build pipeline: config → resolved commits → fetched files → rendered ``work/NAME``.
 
 Each phase finishes for every selected model before the next starts, so a problem with any model
-(a typo in a repo id, a gated repo, no network) stops the build before anything in ``work/`` or the
-lock file changes.
+(a typo in a repo id, a gated repo, no network, a folder in ``work/`` that is not ours) stops the
+build before anything in ``work/`` or the lock file changes. The last phase stages everything,
+the lock file included, and then lands all of it or none of it (:class:`~.workdir.Installation`).
 """
 
 from __future__ import annotations
@@ -12,19 +13,23 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import hub
 from .checkpoints import link_checkpoints
 from .config import ModelSpec, ProjectConfig, did_you_mean, load_config
-from .errors import ConfigError, UnsupportedModelError
+from .errors import BuildError, ConfigError, UnsupportedModelError, describe_os_error
 from .lockfile import Lockfile, lockfile_path
 from .prequantize import prequantize_project
 from .render import render_project
 from .resolution import FileSelection, ResolvedModel
 from .units import human_size
-from .workdir import install, staging_area, trees_equal
+from .workdir import Installation, check_target, generated_trees_equal, staging_area
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WORK_DIR = Path("work")
+"""``work/`` in the current directory: where ``./build`` writes and ``./serve`` looks."""
 
 Reporter = Callable[[str], None]
 
@@ -35,13 +40,15 @@ class BuildOptions:
 
     config_path: Path
     work_dir: Path | None = None
-    """Defaults to ``work/`` beside the config file."""
+    """Defaults to ``work/`` in the current directory, where ``./serve`` looks too."""
     only: tuple[str, ...] = ()
     dry_run: bool = False
     offline: bool = False
     update: bool = False
     prequantize: bool = False
     """Ship bitsandbytes-quantized weights for 8-bit/4-bit models (see :mod:`.prequantize`)."""
+    force: bool = False
+    """Build into a ``work/NAME`` the builder did not make (its other files are kept)."""
 
 
 @dataclass
@@ -66,7 +73,10 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
     """
     config = load_config(options.config_path)
     models = select_models(config, options.only)
-    work_dir = options.work_dir or config.path.parent / "work"
+    work_dir = (options.work_dir or DEFAULT_WORK_DIR).absolute()
+    refuse_overlaps(config, models, work_dir=work_dir)
+    for model in models:
+        check_target(work_dir / model.name, force=options.force)
     lock_path = lockfile_path(config.path)
     lock = Lockfile.load(lock_path)
 
@@ -79,11 +89,61 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
 
     fetched = {}
     for model in models:
-        fetched[model.name] = hub.fetch(
-            resolved[model.name], offline=options.offline, local_dir=model.source.local_dir
-        )
+        try:
+            fetched[model.name] = hub.fetch(
+                resolved[model.name], offline=options.offline, local_dir=model.source.local_dir
+            )
+        except OSError as error:
+            raise BuildError(
+                f"model '{model.name}': "
+                + describe_os_error(
+                    error,
+                    doing="fetch its files into the Hugging Face cache",
+                    otherwise="point HF_HUB_CACHE at a writable folder",
+                )
+            ) from error
         refuse_unsupported(model, fetched[model.name].get("config.json"))
 
+    for entry in resolved.values():
+        lock = lock.with_entry(entry)
+    if not options.only:
+        # A full build knows every model: entries of models removed from the config go too.
+        configured = {model.name for model in config.models}
+        lock = lock.without(name for name in lock.models if name not in configured)
+    try:
+        outcomes = _stage_and_install(
+            config, models, resolved, fetched, lock=lock, work_dir=work_dir, options=options,
+            report=report,
+        )
+    except OSError as error:
+        raise BuildError(
+            describe_os_error(
+                error, doing=f"build into {work_dir}", otherwise="choose another --work-dir"
+            )
+        ) from error
+    for outcome in outcomes:
+        _report_outcome(outcome, report=report)
+    if config.dest_prefix is None:
+        report(
+            f"note: dest_prefix in {config.path.name} is still the placeholder, so no `push` "
+            "script was written; set it to r8.im/YOUR_ACCOUNT/ and build again to publish."
+        )
+    return BuildReport(outcomes=outcomes, lockfile=lock_path)
+
+
+def _stage_and_install(
+    config: ProjectConfig,
+    models: Sequence[ModelSpec],
+    resolved: dict[str, ResolvedModel],
+    fetched: dict[str, dict[str, Path]],
+    *,
+    lock: Lockfile,
+    work_dir: Path,
+    options: BuildOptions,
+    report: Reporter,
+) -> list[ModelOutcome]:
+    """Render every model into a staging folder, write the lock beside its place, then swap all
+    of it in; any failure on the way leaves ``work/`` and the lock as they were."""
     outcomes = []
     with staging_area(work_dir) as staging:
         staged = {}
@@ -104,36 +164,58 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
                 )
                 report(done.summary())
             staged[model.name] = out
-        # At this point every model staged without error: install them.
-        for model in models:
-            target = work_dir / model.name
-            changed = not (target.exists() and trees_equal(staged[model.name], target))
-            if changed:
-                install(staged[model.name], target)
-            outcomes.append(
-                ModelOutcome(
-                    name=model.name,
-                    resolved=resolved[model.name],
-                    path=target,
-                    changed=changed,
-                )
-            )
+        try:
+            pending_lock = lock.stage()
+        except OSError as error:
+            raise BuildError(
+                describe_os_error(error, doing=f"write the lock file {lock.path}")
+            ) from error
+        try:
+            with Installation() as installation:
+                for model in models:
+                    target = work_dir / model.name
+                    changed = not (
+                        target.exists() and generated_trees_equal(staged[model.name], target)
+                    )
+                    if changed:
+                        installation.install(staged[model.name], target)
+                    outcomes.append(
+                        ModelOutcome(model.name, resolved[model.name], target, changed=changed)
+                    )
+                if pending_lock is not None:
+                    pending_lock.commit()
+                installation.commit()
+        finally:
+            if pending_lock is not None:
+                pending_lock.discard()
+    return outcomes
 
-    for entry in resolved.values():
-        lock = lock.with_entry(entry)
-    if not options.only:
-        # A full build knows every model: entries of models removed from the config go too.
-        configured = {model.name for model in config.models}
-        lock = lock.without(name for name in lock.models if name not in configured)
-    lock.save()
-    for outcome in outcomes:
-        _report_outcome(outcome, report=report)
-    if config.dest_prefix is None:
-        report(
-            f"note: dest_prefix in {config.path.name} is still the placeholder, so no `push` "
-            "script was written; set it to r8.im/YOUR_ACCOUNT/ and build again to publish."
-        )
-    return BuildReport(outcomes=outcomes, lockfile=lock_path)
+
+def refuse_overlaps(config: ProjectConfig, models: Sequence[ModelSpec], *, work_dir: Path) -> None:
+    """Refuse a local checkpoint that lies inside a folder the build replaces, or holds one.
+
+    ``huggingface.repo = "./work/NAME"`` would otherwise be deleted by its own build, and a work
+    folder inside a checkpoint would be listed (and shipped) as part of it.
+
+    Raises:
+        ConfigError: naming the model, its source and the build folder.
+    """
+    for model in models:
+        source = model.source.local_dir
+        if source is None:
+            continue
+        source = source.resolve()
+        for other in models:
+            target = (work_dir / other.name).resolve()
+            if source == target or target in source.parents or source in target.parents:
+                raise ConfigError(
+                    f"huggingface.repo {model.source.repo} and the build folder {target} overlap, "
+                    "so building would overwrite the checkpoint; move the checkpoint out of "
+                    "work/, or choose another --work-dir",
+                    path=config.path,
+                    model=model.name,
+                    key="huggingface.repo",
+                )
 
 
 def select_models(config: ProjectConfig, only: Sequence[str]) -> list[ModelSpec]:
@@ -162,14 +244,38 @@ def refuse_unsupported(model: ModelSpec, config_json: Path | None) -> None:
             f"model '{model.name}': {model.source.repo} has no config.json, so it is not a "
             "transformers checkpoint; point huggingface.repo at a causal language model."
         )
-    config = json.loads(config_json.read_text())
+    config = _read_checkpoint_config(model, config_json)
     architectures = config.get("architectures") or []
+    if not isinstance(architectures, list):
+        architectures = []
     if config.get("is_encoder_decoder") or any("ConditionalGeneration" in a for a in architectures):
         raise UnsupportedModelError(
             f"model '{model.name}': {model.source.repo} is an encoder-decoder model "
             f"({', '.join(architectures) or config.get('model_type')}), which LMTP cannot serve; "
             "use a decoder-only (causal) language model."
         )
+
+
+def _read_checkpoint_config(model: ModelSpec, config_json: Path) -> dict[str, Any]:
+    """The checkpoint's config.json as a dict, or one sentence saying what is wrong with it."""
+    try:
+        config = json.loads(config_json.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise BuildError(
+            f"model '{model.name}': " + describe_os_error(error, doing="read its config.json")
+        ) from error
+    except ValueError as error:  # not UTF-8, or not JSON
+        problem = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else f"not JSON ({error})"
+        raise UnsupportedModelError(
+            f"model '{model.name}': the config.json of {model.source.repo} is {problem}; repair "
+            "or re-download the checkpoint."
+        ) from None
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(
+            f"model '{model.name}': the config.json of {model.source.repo} holds a JSON "
+            f"{type(config).__name__}, not an object; repair or re-download the checkpoint."
+        )
+    return config
 
 
 def _resolve(

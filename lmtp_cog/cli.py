@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--work-dir", type=Path, default=None, metavar="DIR",
-        help="where projects are written (default: work/ beside the config file)",
+        help="where projects are written (default: ./work, where ./serve looks too)",
     )
     parser.add_argument(
         "--only", nargs="+", default=(), metavar="NAME",
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="for 8-bit/4-bit models, ship weights quantized now instead of at every boot",
     )
     parser.add_argument(
+        "--force", action="store_true",
+        help="build into a work/NAME folder ./build did not make (its other files are kept)",
+    )
+    parser.add_argument(
         "--list", action="store_true", help="list the models in the configuration and exit",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
@@ -71,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list_models(args.config)
         from .build import BuildOptions, build
 
+        if not args.verbose:
+            # huggingface_hub (imported just now, which sets its own level) warns about what it
+            # works around, such as a cache it cannot update; what matters reaches the user as
+            # the build's own one-sentence error.
+            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
         build(
             BuildOptions(
                 config_path=args.config,
@@ -80,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 offline=args.offline,
                 update=args.update,
                 prequantize=args.prequantize,
+                force=args.force,
             ),
             report=_say,
         )

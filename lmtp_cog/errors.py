@@ -7,6 +7,7 @@ the traceback), so nothing else in the builder should print errors itself.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -114,3 +115,29 @@ class BuildError(LmtpCogError):
 
 class CogInterfaceError(LmtpCogError):
     """A project's ``predict.py`` does not declare its Cog interface the way ``cog build`` reads it."""
+
+
+# --- the operating system ---------------------------------------------------------------------------
+
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space",
+    errno.EDQUOT: "the disk quota is used up; free some space",
+    errno.EFBIG: "a file is over this shell's file-size limit (ulimit -f); raise the limit",
+    errno.EACCES: "permission denied; make it writable",
+    errno.EPERM: "permission denied; make it writable",
+    errno.EROFS: "it is on a read-only filesystem",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EEXIST: "a file is in the way; move it",
+    errno.EISDIR: "a folder is in the way; move it",
+}
+
+
+def describe_os_error(error: OSError, *, doing: str, otherwise: str | None = None) -> str:
+    """One sentence for an :class:`OSError` met while ``doing`` something (``"write work/x"``):
+    what failed, on which path, and what to do (``otherwise``: a way around it, such as
+    ``"choose another --work-dir"``), without a traceback."""
+    path = error.filename if error.filename is not None else ""
+    reason = _OS_ERROR_HINTS.get(error.errno or 0) or (error.strerror or str(error)).rstrip(".")
+    where = f" ({path})" if path and str(path) not in doing else ""
+    fix = f", or {otherwise}" if otherwise else ""
+    return f"cannot {doing}{where}: {reason}{fix}."

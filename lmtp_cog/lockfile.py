@@ -90,22 +90,61 @@ class Lockfile:
     def save(self) -> bool:
         """Write the file atomically, unless it already says exactly this.
 
-        An empty lock is not written where no file exists yet (a config of local models only).
-
         Returns:
             Whether the file changed.
+        """
+        pending = self.stage()
+        if pending is None:
+            return False
+        pending.commit()
+        return True
+
+    def stage(self) -> PendingWrite | None:
+        """The new text written beside the file, not yet in its place (``None``: no change).
+
+        The build stages the lock before it installs any project, so that a lock it cannot write
+        (a read-only folder, a full disk) stops it while ``work/`` is untouched.
+        An empty lock is not written where no file exists yet (a config of local models only).
         """
         text = self.render()
         try:
             if self.path.read_text(encoding="utf-8") == text:
-                return False
+                return None
         except FileNotFoundError:
             if not self.models:
-                return False
+                return None
         except (OSError, UnicodeDecodeError):
             pass  # unreadable: replace it
-        _write_atomically(self.path, text)
-        return True
+        return PendingWrite.of(self.path, text)
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A file's new text, written and synced beside it: :meth:`commit` renames it into place."""
+
+    path: Path
+    temporary: Path
+
+    @classmethod
+    def of(cls, path: Path, text: str) -> PendingWrite:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return cls(path, Path(temporary))
+
+    def commit(self) -> None:
+        """Replace the file: a reader sees the old or the new one, never a mix."""
+        os.replace(self.temporary, self.path)
+
+    def discard(self) -> None:
+        self.temporary.unlink(missing_ok=True)
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -135,21 +174,6 @@ def _file_json(file: RepoFile) -> dict[str, Any]:
     if file.blob_id is not None:
         value["blob_id"] = file.blob_id
     return value
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write beside the target, then rename over it: a reader sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # --- parsing --------------------------------------------------------------------------------------

@@ -51,6 +51,11 @@ PUSH_SCRIPT = "push"
 PUSH_TEMPLATE = "push.j2"
 RUNTIME_PACKAGE = "lmtp_runtime"
 """The runtime's folder in the generated project; ``predict.py`` imports it by this name."""
+GENERATED_ENTRIES = frozenset(
+    {*TEMPLATE_OUTPUTS, PREDICT_PY, SETTINGS_FILE, PUSH_SCRIPT, RUNTIME_PACKAGE, CHECKPOINT_DIR}
+)
+"""Every top-level entry of ``work/NAME`` the builder writes, and so may replace; a rebuild keeps
+everything else there (``.cog/``, a user's files)."""
 
 _QUANTIZATION_LABELS = {
     "8bit": "8-bit (bitsandbytes LLM.int8())",

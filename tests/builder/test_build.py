@@ -283,6 +283,7 @@ def test_rebuild_with_nothing_changed_touches_nothing(
     monkeypatch.delenv("HF_TOKEN", raising=False)
     lines: list[str] = []
     started = time.monotonic()
+    monkeypatch.chdir(project.root)
     report = build(BuildOptions(config_path=project.config_path), report=lines.append)
     elapsed = time.monotonic() - started
     print(f"no-op rebuild, build() in process: {elapsed:.3f} s")

@@ -75,7 +75,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config.write_text(
         f'dest_prefix = "r8.im/{OWNER}/"\n\n[models.{MODEL}]\nhuggingface.repo = "./model"\n'
     )
-    report = build(BuildOptions(config_path=config), report=lambda line: None)
+    report = build(BuildOptions(config_path=config, work_dir=root / "work"), report=lambda line: None)
     [outcome] = report.outcomes
     return outcome.path
 
