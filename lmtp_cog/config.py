@@ -39,6 +39,10 @@ TORCH_WHEEL_CUDA = "13.0"
 """The CUDA that PyPI's wheel of the pinned torch (``predictors/requirements.txt``) is built for:
 torch 2.13.0 requires ``cuda-toolkit==13.0.*``. cog's torch-to-CUDA table ends before torch 2.13,
 so cog.yaml must name it (``build.cuda``); a test fails when the torch pin moves without it."""
+MAX_BATCH_SIZE = 1024
+MAX_CONCURRENCY = 128
+"""Each concurrent prediction holds a Cog slot and a thread; Replicate runs far fewer."""
+MAX_PREFIX_CACHE_MB = 1024 * 1024
 MIN_PYTHON_FOR_CONCURRENCY = "3.11"
 """``cog build`` refuses concurrency above 1 on older Pythons (cog 0.22 ``pkg/config``)."""
 LOCAL_REPO_PREFIXES = ("/", "./", "../", "~")
@@ -260,17 +264,17 @@ def _text(value: object) -> str:
     return value
 
 
-def _positive_integer(value: object) -> int:
-    # bool is an int in Python, but `true` is no batch size.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _Invalid(f"expected a whole number of at least 1, got {_describe(value)}")
-    return value
+def _integer_in(low: int, high: int, *, why: str) -> _Reader:
+    """A whole number from ``low`` to ``high``; ``why`` says where the upper bound comes from."""
 
+    def read(value: object) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise _Invalid(f"expected a whole number of at least {low}, got {_describe(value)}")
+        if value > high:
+            raise _Invalid(f"expected at most {high} ({why}), got {_describe(value)}")
+        return value
 
-def _non_negative_integer(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _Invalid(f"expected a whole number of at least 0, got {_describe(value)}")
-    return value
+    return read
 
 
 def _one_of(choices: Sequence[str]) -> _Reader:
@@ -288,7 +292,7 @@ def _one_of(choices: Sequence[str]) -> _Reader:
 
 
 def _matching(pattern: str, *, expected: str) -> _Reader:
-    compiled = re.compile(pattern)
+    compiled = re.compile(pattern, re.ASCII)  # \d is 0-9 only, not every script's digits
 
     def read(value: object) -> str:
         if not isinstance(value, str) or not compiled.fullmatch(value):
@@ -381,9 +385,18 @@ _MODEL_ARGS_KEYS: Mapping[str, _Key] = {
     "trust_remote_code": _Key("trust_remote_code", _boolean),
     "device_map": _Key("device_map", _text),
     "attn_implementation": _Key("attn_implementation", _text),
-    "max_batch_size": _Key("max_batch_size", _positive_integer),
-    "concurrency": _Key("concurrency", _positive_integer),
-    "prefix_cache_mb": _Key("prefix_cache_mb", _non_negative_integer),
+    "max_batch_size": _Key(
+        "max_batch_size",
+        _integer_in(1, MAX_BATCH_SIZE, why="rows of one forward pass; far beyond any GPU's use"),
+    ),
+    "concurrency": _Key(
+        "concurrency",
+        _integer_in(1, MAX_CONCURRENCY, why="predictions one container runs at once"),
+    ),
+    "prefix_cache_mb": _Key(
+        "prefix_cache_mb",
+        _integer_in(0, MAX_PREFIX_CACHE_MB, why="MiB, 1 TiB; more memory than any host has"),
+    ),
     "log_predictions": _Key("log_predictions", _boolean),
 }
 _COG_KEYS: Mapping[str, _Key] = {

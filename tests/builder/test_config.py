@@ -638,6 +638,36 @@ MISTAKES = [
         says=("cog build refuses concurrency above 1 on Python 3.10", "config.concurrency = 1"),
     ),
     _one(
+        "concurrency-absurd",
+        "config.concurrency = 9223372036854775807",
+        key="config.concurrency",
+        says=("expected at most 128", "predictions one container runs at once"),
+    ),
+    _one(
+        "batch-size-absurd",
+        "config.max_batch_size = 100000",
+        key="config.max_batch_size",
+        says=("expected at most 1024",),
+    ),
+    _one(
+        "prefix-cache-absurd",
+        "config.prefix_cache_mb = 99999999999",
+        key="config.prefix_cache_mb",
+        says=("expected at most 1048576",),
+    ),
+    _one(
+        "cuda-in-other-digits",
+        'cog.cuda = "\u0661\u0662.\u0664"',
+        key="cog.cuda",
+        says=('CUDA version in quotes like "12.4"',),
+    ),
+    _one(
+        "sdk-in-other-digits",
+        'cog.sdk_version = "\u0660.\u0662\u0663.\u0661"',
+        key="cog.sdk_version",
+        says=('a Cog version in quotes like "0.23.1"',),
+    ),
+    _one(
         "requirements-not-a-list",
         'cog.extra_requirements = "sentencepiece==0.2.0"',
         key="cog.extra_requirements",
