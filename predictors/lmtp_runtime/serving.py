@@ -12,8 +12,12 @@ an empty result and an obscure ``IndexError`` later), so everything here answers
 Order of answers: rejected ops and MODEL_INFO at once, then the SCOREs, then the GENERATE
 streams' tokens, each decoding step's tokens as one chunk as soon as they are computed. The
 scheduler batches this prediction's ops with those of any other prediction running at the same
-time. A ``MSG`` line always travels alone in its chunk: LMQL's client stops reading a chunk
-after its first ``MSG``.
+time.
+
+Output is coalesced: every chunk carries as many whole lines as it can, so that a batch of
+thousands of bad ops is a few chunks, not thousands (coglet's event stream drops events when a
+prediction outpaces its reader). The one limit is LMQL's client, which stops reading a chunk at
+its first ``MSG`` line: a ``MSG`` line always ends its chunk (:func:`pack_lines`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,9 +120,9 @@ class LmtpServer:
             return
         tally.commands.update(_command(op) for op in ops)
 
-        for op in ops:
-            if isinstance(op, RejectedOp | ModelInfoOp):
-                yield self._answer_at_once(op)  # alone in its chunk: see the module docstring
+        yield from pack_lines(
+            self._answer_at_once(op) for op in ops if isinstance(op, RejectedOp | ModelInfoOp)
+        )
         job = Job([], [])
         answers = self.scheduler.run(
             scores=[op for op in ops if isinstance(op, ScoreOp)],
@@ -143,6 +147,17 @@ class LmtpServer:
         if isinstance(op, RejectedOp):
             return error_line(op.stream_id, op.error, kind=op.kind)
         return model_info_line(op.stream_id, self.model_info)
+
+
+def pack_lines(lines: Iterable[str]) -> Iterator[str]:
+    """``lines`` in as few chunks as LMQL's client reads whole: every ``TOKEN`` line first, in
+    one chunk, which the first ``MSG`` line ends; then each further ``MSG`` line alone."""
+    tokens, messages = [], []
+    for line in lines:
+        (messages if line.startswith("MSG ") else tokens).append(line)
+    if tokens or messages:
+        yield join_lines(tokens + messages[:1])
+    yield from messages[1:]
 
 
 def _command(op: Op) -> str:

@@ -14,6 +14,7 @@ out.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import threading
@@ -396,3 +397,52 @@ def test_a_canceled_prediction_ends_canceled_and_frees_its_slot(
     response = server.predict({"ops_batch_json": json.dumps(ops[:1])})
     assert response["status"] == "succeeded"
     assert len(parse_output(response["output"])) == STREAMED_TOKENS
+
+
+# --- bursts ---------------------------------------------------------------------------------------
+
+BURST_OPS = 10_000
+BURSTS = int(os.environ.get("LMTP_BURSTS", "3"))
+"""Rounds of four bursting predictions at once. The issue's soak used 30 (LMTP_BURSTS=30, about
+two minutes here); the suite runs three."""
+
+
+def test_bursts_of_ten_thousand_lines_arrive_whole_over_sse(server: CogServer) -> None:
+    """10,000 bad ops and one good GENERATE per prediction, four predictions at once, round after
+    round: every line of every prediction reaches the SSE reader (coglet drops events of a
+    prediction that outpaces its reader, so the output must be a few large chunks)."""
+    bad = [["GENERATE", {"prompt": PROMPT, "max_tokens": -1, "stream_id": n}] for n in range(BURST_OPS)]
+    good = ["GENERATE", {"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stream_id": "good"}]
+    batch = json.dumps([*bad, good])
+
+    def one(prediction_id: str, results: dict[str, Any]) -> None:
+        answer = CogClient(server.url).start(prediction_id, {"ops_batch_json": batch})
+        if not isinstance(answer, Started):
+            results[prediction_id] = repr(answer)
+            return
+        chunks, status = [], None
+        for name, data in answer.events():
+            if name == "output":
+                chunks.append(data["chunk"])
+            elif name == "completed":
+                status = data["status"]
+                break
+        answer.close()
+        results[prediction_id] = (status, chunks)
+
+    for burst in range(BURSTS):
+        results: dict[str, Any] = {}
+        threads = [
+            threading.Thread(target=one, args=(f"burst-{burst}-{n}", results)) for n in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=REQUEST_TIMEOUT_S)
+        for prediction_id, result in sorted(results.items()):
+            assert isinstance(result, tuple), (prediction_id, result)
+            status, chunks = result
+            lines = parse_output(chunks)
+            assert status == "succeeded" and len(chunks) <= 1 + 8, (prediction_id, len(chunks))
+            assert len(lines) == BURST_OPS + 8, (prediction_id, len(lines))
+            assert [d["stream_id"] for _, d in lines if d.get("error") is None] == ["good"] * 8

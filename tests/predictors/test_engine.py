@@ -766,8 +766,9 @@ def test_stream_is_a_sync_generator_that_streams_each_step(llama: Any) -> None:
     assert len(parse_lines(chunks)) == 4
 
 
-def test_msg_lines_travel_alone_in_their_chunk(llama: Any) -> None:
-    """LMQL's client stops reading a chunk at its first MSG line: nothing may follow one."""
+def test_a_msg_line_ends_its_chunk_and_rejections_share_one(llama: Any) -> None:
+    """LMQL's client stops reading a chunk at its first MSG line: nothing may follow one. The
+    errors of bad ops share a chunk, which the first MSG answer ends."""
     ops = [
         ["MODEL_INFO", {"stream_id": 1}],
         ["FOO", {"stream_id": 2}],
@@ -779,8 +780,20 @@ def test_msg_lines_travel_alone_in_their_chunk(llama: Any) -> None:
     lines = [line for chunk in chunks for line in chunk.splitlines()]
     assert sum(line.startswith("MSG ") for line in lines) == 3
     for chunk in chunks:
-        if "MSG " in chunk:
-            assert chunk.startswith("MSG ") and chunk.count("\n") == 1, chunk
+        kinds = [line.split(" ", 1)[0] for line in chunk.splitlines()]
+        assert "MSG" not in kinds[:-1], chunk
+    # The rejected GENERATE (TOKEN error) and the first MSG share the first chunk.
+    first = [line.split(" ", 1)[0] for line in chunks[0].splitlines()]
+    assert first == ["TOKEN", "MSG"], chunks[0]
+
+
+def test_ten_thousand_bad_ops_are_one_chunk(llama: Any) -> None:
+    bad = [generate(PROMPTS[0], index, max_tokens=-1) for index in range(10_000)]
+    ops = [*bad, generate(PROMPTS[1], "good", max_tokens=3)]
+    chunks = list(llama.stream(ops_batch_json=json.dumps(ops)))
+    assert len(chunks) == 1 + 3
+    assert chunks[0].count("\n") == 10_000
+    assert [data["stream_id"] for _, data in parse_lines(chunks[1:])] == ["good"] * 3
 
 
 def test_predict_without_any_input_is_a_clear_input_error(llama: Any) -> None:
