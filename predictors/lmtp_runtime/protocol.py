@@ -27,6 +27,17 @@ FinishReason = Literal["stop", "length"] | None
 DEFAULT_MAX_TOKENS = 32
 DEFAULT_TOP_LOGPROBS = 1
 MAX_SEED = 2**64 - 1
+# Bounds on sampling values that keep float32 arithmetic finite. Beyond them a value bans (or
+# forces) every token it touches anyway, so nothing is lost; within them no client value can
+# turn the logits into NaN (which would otherwise be blamed on the model).
+MAX_PENALTY = 1000.0
+"""Largest |presence_penalty|, |frequency_penalty| and repetition_penalty."""
+MAX_LOGIT_BIAS = 1e20
+"""Largest positive bias in ``logit_bias`` (LMQL's masks use +-100). Negative ones may be any
+size: they only push a token's logprob to the floor."""
+MIN_TEMPERATURE = 1e-6
+"""Smallest temperature above 0 (greedy): logits divided by less overflow float32."""
+MAX_TEMPERATURE = 1e6
 
 # `model` names the endpoint and is ignored. `length_penalty` is one of the decoding parameters
 # LMQL forwards from `lmql.model(...)`; it only means something to beam search, so it is accepted
@@ -203,16 +214,26 @@ def _parse_generate(stream_id: StreamId, args: Mapping[str, Any], limits: Limits
         top_logprobs=top_logprobs,
         logit_bias=_logit_bias(args, limits),
         sampling=Sampling(
-            temperature=_number(args, "temperature", default=0.0, minimum=0.0),
-            top_k=_integer(args, "top_k", default=0, minimum=0),
+            temperature=_temperature(args),
+            # A top_k of the vocabulary or more keeps every token, as 0 does.
+            top_k=min(_integer(args, "top_k", default=0, minimum=0), limits.vocab_size),
             top_p=_number(
                 args, "top_p", default=1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True
             ),
             repetition_penalty=_number(
-                args, "repetition_penalty", default=1.0, minimum=0.0, exclusive_minimum=True
+                args,
+                "repetition_penalty",
+                default=1.0,
+                minimum=0.0,
+                maximum=MAX_PENALTY,
+                exclusive_minimum=True,
             ),
-            presence_penalty=_number(args, "presence_penalty", default=0.0),
-            frequency_penalty=_number(args, "frequency_penalty", default=0.0),
+            presence_penalty=_number(
+                args, "presence_penalty", default=0.0, minimum=-MAX_PENALTY, maximum=MAX_PENALTY
+            ),
+            frequency_penalty=_number(
+                args, "frequency_penalty", default=0.0, minimum=-MAX_PENALTY, maximum=MAX_PENALTY
+            ),
             seed=_optional_integer(args, "seed", minimum=0, maximum=MAX_SEED),
         ),
     )
@@ -269,6 +290,16 @@ def _token_ids(args: Mapping[str, Any], name: str, limits: Limits) -> tuple[int,
     return tuple(value)
 
 
+def _temperature(args: Mapping[str, Any]) -> float:
+    temperature = _number(args, "temperature", default=0.0, minimum=0.0, maximum=MAX_TEMPERATURE)
+    if 0.0 < temperature < MIN_TEMPERATURE:
+        raise _FieldError(
+            f"field 'temperature' must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got "
+            f"{temperature:g}"
+        )
+    return temperature
+
+
 def _logit_bias(args: Mapping[str, Any], limits: Limits) -> tuple[tuple[int, float], ...]:
     value = args.get("logit_bias")
     if value is None:
@@ -289,10 +320,10 @@ def _logit_bias(args: Mapping[str, Any], limits: Limits) -> tuple[tuple[int, flo
                 f"field 'logit_bias' has token id {token}, outside the vocabulary "
                 f"[0, {limits.vocab_size})"
             )
-        if not _is_number(bias):
+        if not _is_number(bias) or bias > MAX_LOGIT_BIAS:
             raise _FieldError(
                 f"field 'logit_bias' gives token {key} the bias {_preview(bias)}, which is not "
-                "a number"
+                f"a number of at most {MAX_LOGIT_BIAS:g}"
             )
         pairs.append((token, float(bias)))
     return tuple(pairs)

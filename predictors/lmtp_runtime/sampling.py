@@ -82,7 +82,10 @@ class BatchSampler:
             [op.logit_bias for op in self._ops], vocab_size=vocab_size, device=device
         )
         self._temperature = self._column([s.temperature for s in settings])
-        self._top_k = torch.tensor([s.top_k for s in settings], dtype=torch.long, device=device)
+        # A top_k of the vocabulary or more keeps every token, as 0 does (and 2**63 fits no long).
+        self._top_k = torch.tensor(
+            [min(s.top_k, vocab_size) for s in settings], dtype=torch.long, device=device
+        )
         self._top_p = self._column([s.top_p for s in settings])
         self._sampled_rows, self._sampled_index = self._sampled()
 
@@ -189,7 +192,7 @@ class BatchSampler:
         scores = adjusted[index] / self._temperature[index, None]
         # Whether a filter applies is read from the ops, on the host: a check on the device
         # (``bool(tensor.any())``) would wait for it at every step.
-        widest_k = max(s.top_k for s in settings)
+        widest_k = min(max(s.top_k for s in settings), self._vocab_size)
         if widest_k > 0:
             scores = filter_top_k(scores, self._top_k[index], widest=widest_k)
         if any(s.top_p < 1.0 for s in settings):

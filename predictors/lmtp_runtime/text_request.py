@@ -27,7 +27,7 @@ from .inputs import (
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
 )
-from .protocol import MAX_SEED, Sampling
+from .protocol import MAX_PENALTY, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE, Sampling
 
 Mode = Literal["text", "lmtp"]
 
@@ -113,11 +113,15 @@ def text_request(
         max_new_tokens=budget,
         min_new_tokens=floor,
         sampling=Sampling(
-            temperature=_number("temperature", temperature, DEFAULT_TEMPERATURE, minimum=0.0),
+            temperature=_temperature(temperature),
             top_p=_number("top_p", top_p, DEFAULT_TOP_P, above=0.0, maximum=1.0),
             top_k=_integer("top_k", top_k, DEFAULT_TOP_K, minimum=0),
             repetition_penalty=_number(
-                "repetition_penalty", repetition_penalty, DEFAULT_REPETITION_PENALTY, above=0.0
+                "repetition_penalty",
+                repetition_penalty,
+                DEFAULT_REPETITION_PENALTY,
+                above=0.0,
+                maximum=MAX_PENALTY,
             ),
             seed=_optional_integer("seed", seed, minimum=0, maximum=MAX_SEED),
         ),
@@ -154,6 +158,17 @@ def _max_new_tokens(given: dict[str, object]) -> int:
             "for max_new_tokens, so give one of them."
         )
     return next(iter(values.values()), DEFAULT_MAX_NEW_TOKENS)
+
+
+def _temperature(value: object) -> float:
+    temperature = _number(
+        "temperature", value, DEFAULT_TEMPERATURE, minimum=0.0, maximum=MAX_TEMPERATURE
+    )
+    if 0.0 < temperature < MIN_TEMPERATURE:
+        raise TextInputError(
+            f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {temperature:g}."
+        )
+    return temperature
 
 
 def _text(name: str, value: object, *, required: bool = False) -> str | None:

@@ -237,6 +237,14 @@ BAD_OPS: dict[str, tuple[BadOp, str]] = {
     "GENERATE top_p string": (_generate(temperature=1.0, top_p="x"), "top_p"),
     "GENERATE seed string": (_generate(temperature=1.0, seed="x"), "seed"),
     "GENERATE frequency_penalty string": (_generate(frequency_penalty="x"), "frequency_penalty"),
+    # Values that pass a type check but would overflow float32 into NaN logits: refused naming
+    # the field, not reported as the model's NaN.
+    "GENERATE presence_penalty 1e39": (_generate(presence_penalty=1e39), "presence_penalty"),
+    "GENERATE frequency_penalty -1e39": (_generate(frequency_penalty=-1e39), "frequency_penalty"),
+    "GENERATE repetition_penalty 1e39": (_generate(repetition_penalty=1e39), "repetition_penalty"),
+    "GENERATE temperature 1e-300": (_generate(temperature=1e-300), "temperature"),
+    "GENERATE temperature 1e300": (_generate(temperature=1e300), "temperature"),
+    "GENERATE logit_bias 1e39": (_generate(logit_bias={"5": 1e39}), "logit_bias"),
     "SCORE without prompt": (_score(prompt=...), "prompt"),
     "SCORE without scored": (_score(scored=...), "scored"),
     "SCORE scored is a string": (_score(scored="dog"), "scored"),
@@ -343,3 +351,15 @@ def test_an_abandoned_prediction_leaves_the_predictor_usable(llama: Harness, cas
     assert isinstance(first, str)
     abandoned.close()
     _assert_valid_ops_completed(llama, case, llama.run([before, after]))
+
+
+def test_a_top_k_beyond_the_vocabulary_keeps_every_token(llama: Harness, case: Case) -> None:
+    """top_k = 2**63 (larger than any integer torch holds) samples exactly as top_k = 0."""
+    sampled = {
+        top_k: llama.run(
+            [generate_op(case.prompt, stream_id=1, max_tokens=6, temperature=1.0, seed=7, top_k=top_k)]
+        )
+        for top_k in (0, 2**63)
+    }
+    assert [line.token for line in sampled[2**63]] == [line.token for line in sampled[0]]
+    assert all(line.error is None for line in sampled[2**63])

@@ -401,6 +401,9 @@ def test_exactly_one_of_prompt_and_ops_batch_json(chat: Any, inputs: dict[str, A
         ("seed", -1),
         ("max_new_tokens", "many"),
         ("temperature", float("nan")),
+        ("temperature", 1e-300),
+        ("temperature", 1e300),
+        ("repetition_penalty", 1e39),
         ("stop_sequences", ["a", "b"]),
     ],
 )
