@@ -32,6 +32,7 @@ from lmtp_cog.settings import (
     CHECKPOINT_DIR,
     SETTINGS_FILE,
     model_settings,
+    published_repo,
     settings_text,
 )
 from lmtp_cog.units import human_size
@@ -194,7 +195,7 @@ def _template_context(
         "lmql_model": model.name if is_local else resolved.repo,
         "tokenizer": CHECKPOINT_DIR if is_local else resolved.repo,
         "source": {
-            "repo": resolved.repo,
+            "repo": published_repo(model),
             "is_local": is_local,
             "revision": resolved.revision,
             "commit": resolved.commit,

@@ -26,6 +26,7 @@ it does not understand. ``./build --prequantize`` adds ``"prequantized": true`` 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from lmtp_cog import __version__
@@ -59,7 +60,7 @@ def model_settings(
         "name": model.name,
         "destination": config.destination(model),
         "huggingface": {
-            "repo": resolved.repo,
+            "repo": published_repo(model),
             "revision": resolved.revision,
             "commit": resolved.commit,
         },
@@ -80,6 +81,16 @@ def model_settings(
         },
         "lmtp_cog_version": __version__,
     }
+
+
+def published_repo(model: ModelSpec) -> str:
+    """``huggingface.repo`` as a published project names it: the Hub id, or a local folder as
+    config.toml names it relative to itself (``./model``). An absolute or home path is a path of
+    the build machine (a user name, a layout), so only the folder's own name is published."""
+    repo = model.source.repo
+    if model.source.is_local and repo.startswith(("/", "~")):
+        return Path(repo).expanduser().name or repo
+    return repo
 
 
 def prequantized_settings(settings: dict[str, Any]) -> dict[str, Any]:

@@ -76,7 +76,10 @@ def describe_model(
     return {
         "name": settings.name,
         "destination": settings.destination,
-        "repo": settings.huggingface.repo,
+        # A Hub id only: a checkpoint built from a local folder has no commit, and its folder is
+        # a path of the machine that built it, which a published model does not show.
+        "repo": settings.huggingface.repo if settings.huggingface.commit else None,
+        "source": "huggingface" if settings.huggingface.commit else "local directory",
         "revision": settings.huggingface.revision,
         "commit": settings.huggingface.commit,
         "model_type": getattr(config, "model_type", None),

@@ -337,3 +337,30 @@ def test_settings_of_a_built_project_mark_it_as_ours(project: Project) -> None:
     settings = json.loads((project.work_dir / "local" / "model_settings.json").read_text())
     assert settings["name"] == "local" and settings["lmtp_cog_version"]
     assert render.GENERATED_ENTRIES >= {path.name for path in (project.work_dir / "local").iterdir()}
+
+
+# --- nothing of the build machine is published ---------------------------------------------------
+
+
+def test_a_built_project_holds_no_path_of_the_build_machine(
+    project: Project, tmp_path: Path
+) -> None:
+    """What goes into the image (the README, model_settings.json, cog.yaml, the runtime) never
+    names a folder of the machine that built it, even for a checkpoint given by absolute path."""
+    absolute = tmp_path / "elsewhere" / "my-checkpoint"
+    shutil.copytree(project.root / "model", absolute)
+    project.write_config(
+        model_table("relative", "./model"), model_table("absolute", str(absolute))
+    )
+    assert project.build().returncode == 0
+
+    machine_paths = {str(project.root), str(tmp_path), str(Path.home()), str(BUILD_SCRIPT.parent)}
+    for name in ("relative", "absolute"):
+        built = project.work_dir / name
+        for path in built.rglob("*"):
+            if path.is_file() and path.suffix not in (".safetensors", ".bin"):
+                text = path.read_bytes().decode("utf-8", errors="replace")
+                leaked = [place for place in machine_paths if place in text]
+                assert not leaked, f"{path.relative_to(built)} names {leaked}"
+    assert project.settings("absolute")["huggingface"]["repo"] == "my-checkpoint"
+    assert project.settings("relative")["huggingface"]["repo"] == "./model"

@@ -53,7 +53,8 @@ def test_built_project_serves_generate_score_and_model_info(built_project: Path)
     for j, p in enumerate(scored):
         assert p["logprob"] == pytest.approx(float(logprobs[1 + j, prompt[2 + j]]), abs=1e-4)
     info = next(p["model_info"] for kind, p in lines if kind == "MSG")
-    assert info["name"] == "tiny-llama" and info["repo"] == "./model"
+    assert info["name"] == "tiny-llama" and info["source"] == "local directory"
+    assert info["repo"] is None  # a local folder is a path of the build machine: not shown
 
 
 def test_broken_checkpoint_reports_setup_failed_instead_of_hanging(
