@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,8 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
         LmtpCogError: with a one-sentence message; nothing in ``work/`` or the lock file changed.
     """
     config = load_config(options.config_path)
+    if hub.offline_wanted(options.offline) and not options.offline:
+        options = replace(options, offline=True)  # HF_HUB_OFFLINE=1 means --offline
     models = select_models(config, options.only)
     work_dir = (options.work_dir or DEFAULT_WORK_DIR).absolute()
     refuse_overlaps(config, models, work_dir=work_dir)

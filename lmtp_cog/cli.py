@@ -80,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             # works around, such as a cache it cannot update; what matters reaches the user as
             # the build's own one-sentence error.
             logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        if not sys.stderr.isatty():
+            # Progress bars are for a terminal; in a log they are noise between the lines.
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
 
         build(
             BuildOptions(

@@ -7,8 +7,10 @@ Two steps, with the lock file between them:
   moves during a build cannot mix files of two commits. It lists the repo at that commit and picks
   the files with :func:`select_files`, which never reaches the network itself.
 - :func:`fetch` downloads exactly those files into the Hugging Face cache (or finds them there) and
-  says where each one is. Everything goes through ``huggingface_hub``: its cache, its progress bars
-  and its offline mode, so a model fetched here is also cached for ``transformers`` and vice versa.
+  says where each one is: one ``snapshot_download`` of the missing ones, named as exact
+  ``allow_patterns``, in parallel and with one progress display; nothing at all when every file
+  is cached. Everything goes through ``huggingface_hub``: its cache, its progress bars and its
+  offline mode, so a model fetched here is also cached for ``transformers`` and vice versa.
 
 Errors from ``huggingface_hub`` and ``httpx`` leave this module as :mod:`lmtp_cog.errors` errors
 whose one sentence names the model and the repo and says what to do.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -30,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import (
+    HfApi,
+    constants,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    snapshot_download,
+    try_to_load_from_cache,
+)
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.file_download import repo_folder_name
 
@@ -42,6 +53,9 @@ from lmtp_cog.resolution import FileSelection, RepoFile, ResolvedModel
 # a once-per-process request for its agent registry whenever it builds headers, even for a file it
 # then finds in the cache: a cached rebuild or an --offline build would not be silent any more.
 constants.HF_HUB_DISABLE_TELEMETRY = True
+
+FETCH_WORKERS = 8
+"""Files downloaded at once (``snapshot_download``'s ``max_workers``, its default)."""
 
 # --- which files a checkpoint needs ---------------------------------------------------------------
 
@@ -357,13 +371,19 @@ def _cached_file(path: str, local: Path) -> RepoFile:
     return RepoFile(path=path, size=size, sha256=_sha256(local))
 
 
+def offline_wanted(flag: bool) -> bool:
+    """``--offline``, or the Hub's own switch for it, ``HF_HUB_OFFLINE=1``, which
+    huggingface_hub reads when it is imported."""
+    return flag or bool(constants.HF_HUB_OFFLINE)
+
+
 def _not_in_cache(
     origin: _Origin, *, detail: str, commit: str | None = None
 ) -> errors.NotInCacheError:
     at = f"commit {commit[:12]}" if commit else f"revision '{origin.revision or 'main'}'"
     return errors.NotInCacheError(
         f"{origin.where}: {origin.repo} at {at} is not in the Hugging Face cache ({detail}); "
-        "build once without --offline to download it."
+        "build once without --offline (and without HF_HUB_OFFLINE=1) to download it."
     )
 
 
@@ -470,28 +490,39 @@ def fetch(
         endpoint=endpoint,
         cache_dir=cache_dir,
     )
-    download = partial(
-        hf_hub_download,
-        origin.repo,
-        revision=resolved.commit,
-        cache_dir=cache_dir,
-        endpoint=endpoint,
-        token=token,
-        local_files_only=offline,
-    )
-    local: dict[str, Path] = {}
-    missing: list[str] = []
-    with _hub_errors(origin):
-        for file in resolved.files:
-            try:
-                local[file.path] = Path(download(filename=file.path))
-            except hf_errors.LocalEntryNotFoundError:
-                if not offline:
-                    raise
-                missing.append(file.path)
-    if missing:
+    cached = {file.path: _cached(origin, resolved.commit, file.path) for file in resolved.files}
+    missing = [path for path, local in cached.items() if local is None]
+    if not missing:
+        return {path: local for path, local in cached.items() if local is not None}
+    if offline:
         raise _not_in_cache(origin, commit=resolved.commit, detail=f"missing {_few(missing)}")
+    with _hub_errors(origin):
+        snapshot = snapshot_download(
+            origin.repo,
+            revision=resolved.commit,
+            # Exact paths: glob.escape keeps a '[' or '*' in a file name from matching others.
+            allow_patterns=[glob.escape(path) for path in missing],
+            cache_dir=cache_dir,
+            endpoint=endpoint,
+            token=token,
+            max_workers=FETCH_WORKERS,
+        )
+    local = {file.path: Path(snapshot) / file.path for file in resolved.files}
+    absent = [path for path, file in local.items() if not file.is_file()]
+    if absent:
+        raise errors.HubError(
+            f"{origin.where}: {_few(absent)} did not arrive from {origin.repo} at commit "
+            f"{resolved.commit}; run ./build --update to resolve the revision again."
+        )
     return local
+
+
+def _cached(origin: _Origin, commit: str, path: str) -> Path | None:
+    """The cache's file for ``path`` at ``commit``, without a request; ``None`` if absent."""
+    found = try_to_load_from_cache(
+        origin.repo, path, cache_dir=origin.cache_dir, revision=commit
+    )
+    return Path(found) if isinstance(found, str) else None
 
 
 def _local_files(resolved: ResolvedModel, root: Path) -> dict[str, Path]:

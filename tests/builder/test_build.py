@@ -42,6 +42,7 @@ from tests.builder.build_fixtures import (
     lmql_config,
     model_table,
     parse_size,
+    run_build,
     runtime_files,
     snapshot,
 )
@@ -357,6 +358,27 @@ def test_offline_rebuild_needs_no_hub(project: Project, hub: HubServer, publish:
     hub.clear_requests()
     _ok(project.build("--offline"))
     assert hub.requests == []
+
+
+def test_hf_hub_offline_means_offline(project: Project, hub: HubServer, publish: Publish) -> None:
+    """The Hub's own convention, HF_HUB_OFFLINE=1, builds from the cache as --offline does."""
+    repo = publish()
+    project.write_config(model_table("cached", repo))
+    _ok(project.build())
+    project.lock_path.unlink()
+    hub.clear_requests()
+    environment = {**project.environment(), "HF_HUB_OFFLINE": "1"}
+    run = run_build(["--config", str(project.config_path)], env=environment, cwd=project.root)
+
+    _ok(run)
+    assert hub.requests == []
+    assert project.lock()["models"]["cached"]["commit"] == hub.head(repo)
+
+    project.write_config(model_table("never-fetched", publish()))
+    line = _one_error_line(
+        run_build(["--config", str(project.config_path)], env=environment, cwd=project.root)
+    )
+    assert "never-fetched" in line and "HF_HUB_OFFLINE" in line
 
 
 def test_offline_with_an_empty_cache_names_the_model(project: Project, publish: Publish) -> None:
