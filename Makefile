@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo example bench clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ test: venv
 
 demo: venv
 	$(BIN)/python -m lmtp_cog.demo
+
+# examples/tiny/model, the bundled example's tiny checkpoint (made offline; not in git).
+example: venv
+	$(BIN)/python -m lmtp_cog.demo --checkpoint-only
 
 bench: venv
 	$(BIN)/python bench/run.py

@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from pathlib import Path
 
 from .build import BuildOptions, build
 from .paths import TOOLKIT_ROOT
@@ -23,13 +24,22 @@ MODEL_NAME = "tiny-llama"
 MODEL_REF = f"demo/{MODEL_NAME}"
 
 
-def main() -> int:
+def make_example_checkpoint() -> Path:
+    """``examples/tiny/model``: the example's tiny random Llama, made offline once."""
     model_dir = EXAMPLE_DIR / "model"
     if not (model_dir / "config.json").exists():
         from .testing.tiny_models import make_model
 
         _say(f"making a tiny random Llama checkpoint in {model_dir.relative_to(TOOLKIT_ROOT)}")
         make_model(model_dir, arch="llama", layers=2, hidden=64, chat_template=True)
+    return model_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    make_example_checkpoint()
+    if arguments == ["--checkpoint-only"]:
+        return 0
 
     work_dir = TOOLKIT_ROOT / "work"
     _heading(f"./build --config {EXAMPLE_DIR.relative_to(TOOLKIT_ROOT)}/config.toml --work-dir work")

@@ -976,3 +976,25 @@ def test_the_image_cuda_is_the_one_the_pinned_torch_wheel_needs() -> None:
     assert TORCH_WHEEL_CUDAS[torch] == TORCH_WHEEL_CUDA == CogOptions().image_cuda
     assert CogOptions(gpu=False).image_cuda is None
     assert CogOptions(cuda="12.8").image_cuda == "12.8"
+
+
+def test_a_bundled_example_without_its_checkpoint_says_how_to_make_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmtp_cog import config as config_module
+
+    monkeypatch.setattr(config_module, "EXAMPLES_DIR", tmp_path / "examples")
+    example = tmp_path / "examples" / "tiny" / "config.toml"
+    example.parent.mkdir(parents=True)
+    example.write_text(config_text(repo="./model"))
+
+    error = only_problem(example)
+
+    assert "make example" in str(error) and "not made yet" in str(error)
+    assert (error.model, error.key) == ("tiny", "huggingface.repo")
+
+
+def test_the_real_example_names_a_checkpoint_in_the_examples_folder() -> None:
+    from lmtp_cog.config import EXAMPLES_DIR
+
+    assert (EXAMPLES_DIR / "tiny" / "config.toml").is_file()
