@@ -18,6 +18,8 @@ from typing import Any
 from . import hub
 from .checkpoints import link_checkpoints
 from .config import ModelSpec, ProjectConfig, did_you_mean, load_config
+from lmtp_runtime.settings import describe_arguments
+
 from .errors import BuildError, ConfigError, UnsupportedModelError, describe_os_error
 from .lockfile import Lockfile, lockfile_path
 from .prequantize import prequantize_project
@@ -125,6 +127,10 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
         ) from error
     for outcome in outcomes:
         _report_outcome(outcome, report=report)
+    for model in models:
+        if model.args.from_pretrained:
+            passed = describe_arguments(dict(model.args.from_pretrained))
+            report(f"{model.name}: passed to from_pretrained: {passed}")
     if config.dest_prefix is None:
         report(
             f"note: dest_prefix in {config.path.name} is still the placeholder, so no `push` "

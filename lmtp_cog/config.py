@@ -11,6 +11,7 @@ model and the key, so a user fixes the file in one pass rather than one error pe
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -91,6 +92,10 @@ class ModelArgs:
     log_predictions: bool = False
     """Log one line per LMTP prediction. Off by default: LMQL's Replicate client reads a
     prediction's log events as protocol lines and warns about each."""
+    from_pretrained: tuple[tuple[str, Any], ...] = ()
+    """Every other ``config.*`` key, in file order: passed to ``from_pretrained`` as given
+    (LMQL's docs: the config section holds "any values you want to pass in the model_args
+    dictionary"), e.g. ``low_cpu_mem_usage = true`` or ``max_memory = {...}``."""
 
     @property
     def quantization(self) -> str:
@@ -422,6 +427,19 @@ _SECTIONS: Mapping[str, Mapping[str, _Key]] = {
     "cog": _COG_KEYS,
 }
 _TOP_LEVEL_KEYS = ("dest_prefix", "models")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+RESERVED_MODEL_ARGUMENTS: Mapping[str, str] = {
+    "pretrained_model_name_or_path": "the runtime loads the checkpoint in the image; remove it",
+    "local_files_only": "the runtime always loads from the image's files alone; remove it",
+    "quantization_config": "set config.load_in_8bit or config.load_in_4bit instead",
+    "load_in_8bit_fp32_cpu_offload": "not supported; remove it",
+    "cache_dir": "the runtime loads from the image's checkpoints/ folder; remove it",
+    "revision": "pin the revision with huggingface.version instead",
+    "token": "tokens are never written into the image; remove it",
+    "use_auth_token": "tokens are never written into the image; remove it",
+    "force_download": "the runtime never downloads; remove it",
+}
+"""``from_pretrained`` arguments the runtime sets itself, and what to write instead."""
 
 
 def did_you_mean(word: str, known: Sequence[str]) -> str:
@@ -566,9 +584,17 @@ def _read_section(
         return {}
     fields: dict[str, Any] = {}
     set_by: dict[str, str] = {}
+    passed: list[tuple[str, Any]] = []
     for key, value in table.items():
         dotted = f"{section}.{key}"
         spec = keys.get(key)
+        if spec is None and section == "config":
+            try:
+                passed.append((key, _model_argument(key, value, known=tuple(keys))))
+            except _Invalid as invalid:
+                for message in invalid.messages:
+                    problems.add(message, model=model, key=dotted)
+            continue
         if spec is None:
             problems.add(_unknown_key(key, tuple(keys)), model=model, key=dotted)
             continue
@@ -585,7 +611,57 @@ def _read_section(
         except _Invalid as invalid:
             for message in invalid.messages:
                 problems.add(message, model=model, key=dotted)
+    if passed:
+        fields["from_pretrained"] = tuple(passed)
     return fields
+
+
+def _model_argument(key: str, value: object, *, known: Sequence[str]) -> Any:
+    """A ``config.*`` key lmtp-cog does not know, checked to go to ``from_pretrained`` as given.
+
+    A key a typo away from a known one is a typo, not an argument; keys the runtime sets itself
+    cannot be overridden; the value must be one JSON can carry into model_settings.json.
+    """
+    near = [name for name in known if _edit_distance(key, name) <= (2 if len(name) > 5 else 1)]
+    if near:
+        raise _Invalid(f"unknown key; did you mean {near[0]!r}?")
+    if key in RESERVED_MODEL_ARGUMENTS:
+        raise _Invalid(RESERVED_MODEL_ARGUMENTS[key])
+    if not _IDENTIFIER.fullmatch(key):
+        raise _Invalid(
+            "not a from_pretrained argument name; model arguments are Python identifiers like "
+            "low_cpu_mem_usage"
+        )
+    return _json_value(value)
+
+
+def _json_value(value: object) -> Any:
+    """``value`` as a JSON-ready value: TOML's dates and times, and non-finite floats, are not."""
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Invalid(f"{_describe(value)} cannot be written to model_settings.json (JSON)")
+        return value
+    if isinstance(value, list):
+        return [_json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {str(name): _json_value(item) for name, item in value.items()}
+    raise _Invalid(
+        f"{_describe(value)} cannot be passed to from_pretrained: use a string, number, "
+        "boolean, list or table"
+    )
+
+
+def _edit_distance(left: str, right: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions."""
+    previous = list(range(len(right) + 1))
+    for i, a in enumerate(left, 1):
+        current = [i]
+        for j, b in enumerate(right, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
+        previous = current
+    return previous[-1]
 
 
 def _read_source(

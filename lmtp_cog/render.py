@@ -22,6 +22,7 @@ from typing import Any
 
 import jinja2
 from lmtp_runtime.inputs import RUN_INPUTS, CogInput, InputValue
+from lmtp_runtime.settings import describe_arguments
 
 from lmtp_cog import __version__, paths
 from lmtp_cog.cog_interface import PREDICTOR_REF, parse_predictor
@@ -202,6 +203,7 @@ def _template_context(
             "url": None if is_local else f"https://huggingface.co/{resolved.repo}",
         },
         "load": settings["load"],
+        "from_pretrained": describe_arguments(dict(model.args.from_pretrained)),
         "serve": settings["serve"],
         "quantization_label": _QUANTIZATION_LABELS[model.args.quantization],
         "checkpoint": {

@@ -13,7 +13,8 @@ generated code does, and the runtime in ``predictors/lmtp_runtime`` codes agains
      "huggingface": {"repo": "meta-llama/Llama-2-7b-hf", "revision": null, "commit": "01c7f73..."},
      "checkpoint_dir": "checkpoints",
      "load": {"quantization": "8bit", "torch_dtype": "float16", "trust_remote_code": false,
-              "device_map": null, "attn_implementation": null, "use_safetensors": null},
+              "device_map": null, "attn_implementation": null, "use_safetensors": null,
+              "from_pretrained": {"low_cpu_mem_usage": true}},
      "serve": {"max_batch_size": 8, "concurrency": 8, "prefix_cache_mb": null,
                "log_predictions": false},
      "lmtp_cog_version": "0.1.0"}
@@ -72,6 +73,7 @@ def model_settings(
             "device_map": args.device_map,
             "attn_implementation": args.attn_implementation,
             "use_safetensors": args.use_safetensors,
+            "from_pretrained": dict(args.from_pretrained),
         },
         "serve": {
             "max_batch_size": args.max_batch_size,

@@ -21,7 +21,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from .errors import ModelLoadError, UnsupportedModelError, describe_exception
 from .offline import hub_offline
-from .settings import LoadOptions, ModelSettings
+from .settings import LoadOptions, ModelSettings, describe_arguments
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         kwargs.get("device_map", "none (cpu)"),
         options.attn_implementation or "default",
     )
+    if options.from_pretrained:
+        log.info("passed to from_pretrained: %s", describe_arguments(options.from_pretrained))
     if options.quantization == "8bit" and dtype != torch.float16:
         _quiet_int8_cast_warning()
 
@@ -124,8 +126,13 @@ def checkpoint_dtype(config: Any) -> torch.dtype | None:
 def from_pretrained_kwargs(
     options: LoadOptions, dtype: torch.dtype, *, on_gpu: bool
 ) -> dict[str, Any]:
-    """Keyword arguments for ``AutoModelForCausalLM.from_pretrained``: only what is set."""
+    """Keyword arguments for ``AutoModelForCausalLM.from_pretrained``: only what is set.
+
+    The model's own ``load.from_pretrained`` arguments come first; what the runtime decides
+    (dtype, quantization, device map, offline loading) overrides them.
+    """
     kwargs: dict[str, Any] = {
+        **options.from_pretrained,
         "dtype": dtype,
         "local_files_only": True,
         "trust_remote_code": options.trust_remote_code,

@@ -46,6 +46,9 @@ class LoadOptions:
     """``None`` means ``"auto"`` on a GPU and everything on the CPU otherwise."""
     attn_implementation: str | None = None
     use_safetensors: bool | None = None
+    from_pretrained: Mapping[str, Any] = field(default_factory=dict)
+    """``load.from_pretrained``: config.toml's other ``config.*`` keys, passed to
+    ``from_pretrained`` as given (the runtime's own choices above take precedence)."""
     prequantized: bool = False
     """``load.prequantized``: the checkpoint holds weights bitsandbytes already quantized
     (``./build --prequantize``), and its config.json carries their ``quantization_config``; they
@@ -164,6 +167,7 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
             device_map=load.get("device_map", str),
             attn_implementation=load.get("attn_implementation", str),
             use_safetensors=load.get("use_safetensors", bool),
+            from_pretrained=dict(load.get("from_pretrained", dict, default={})),
             prequantized=prequantized,
         ),
         max_batch_size=max_batch_size,
@@ -176,17 +180,9 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
     )
 
 
-def read_concurrency(path: str | os.PathLike[str]) -> int:
-    """``serve.concurrency`` of the settings file at ``path``, or 1 if the file is unreadable.
-
-    Read when ``predict.py`` is imported, to declare the predictor's concurrency to Cog. A bad
-    file must not fail that import with a second, vaguer error: ``setup()`` reads the file
-    again and reports what is wrong with it.
-    """
-    try:
-        return read_settings(path).concurrency
-    except SettingsError:
-        return 1
+def describe_arguments(arguments: Mapping[str, Any]) -> str:
+    """``low_cpu_mem_usage=true, max_memory={"0": "20GiB"}``: the arguments as JSON values."""
+    return ", ".join(f"{key}={json.dumps(value)}" for key, value in arguments.items())
 
 
 class _Fields:

@@ -296,7 +296,7 @@ def test_our_example_loads() -> None:
 def test_our_example_documents_every_key() -> None:
     text = EXAMPLE.read_text()
     keys = ["huggingface.repo", "huggingface.version", "config.dtype"]
-    keys += [f"config.{f.name}" for f in dataclasses.fields(ModelArgs)]
+    keys += [f"config.{f.name}" for f in dataclasses.fields(ModelArgs) if f.name != "from_pretrained"]
     keys += [f"cog.{f.name}" for f in dataclasses.fields(CogOptions)]
 
     undocumented = [k for k in keys if not re.search(rf"^#.*\b{re.escape(k)}\b", text, re.M)]
@@ -506,10 +506,28 @@ MISTAKES = [
         says=("unknown key", "did you mean 'load_in_8bit'?"),
     ),
     _one(
-        "unknown-config-key",
-        'config.colour = "red"',
-        key="config.colour",
-        says=("unknown key", "load_in_8bit", "max_batch_size"),
+        "config-key-a-typo-away",
+        "config.concurency = 4",
+        key="config.concurency",
+        says=("unknown key; did you mean 'concurrency'?",),
+    ),
+    _one(
+        "config-key-the-runtime-sets",
+        "config.local_files_only = false",
+        key="config.local_files_only",
+        says=("always loads from the image's files",),
+    ),
+    _one(
+        "config-key-not-an-identifier",
+        'config."max-memory" = 3',
+        key="config.max-memory",
+        says=("not a from_pretrained argument name",),
+    ),
+    _one(
+        "config-value-a-date",
+        "config.since = 2024-01-01",
+        key="config.since",
+        says=("cannot be passed to from_pretrained",),
     ),
     _one(
         "bool-as-string",
@@ -998,3 +1016,26 @@ def test_the_real_example_names_a_checkpoint_in_the_examples_folder() -> None:
     from lmtp_cog.config import EXAMPLES_DIR
 
     assert (EXAMPLES_DIR / "tiny" / "config.toml").is_file()
+
+
+def test_other_config_keys_are_model_arguments_for_from_pretrained(write) -> None:
+    """LMQL's docs: the config section holds any value for the model_args dictionary."""
+    path = write(
+        config_text(
+            "config.load_in_8bit = true",
+            "config.low_cpu_mem_usage = true",
+            'config.max_memory = {0 = "20GiB", cpu = "60GiB"}',
+            "config.rope_scaling = {type = 'linear', factor = 2.0}",
+        )
+    )
+    args = load_config(path).models[0].args
+    assert args.load_in_8bit
+    assert args.from_pretrained == (
+        ("low_cpu_mem_usage", True),
+        ("max_memory", {"0": "20GiB", "cpu": "60GiB"}),
+        ("rope_scaling", {"type": "linear", "factor": 2.0}),
+    )
+
+
+def test_our_example_says_what_other_config_keys_do() -> None:
+    assert re.search(r"^#.*other config\.\* key.*from_pretrained", EXAMPLE.read_text(), re.M)

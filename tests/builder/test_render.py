@@ -283,6 +283,7 @@ def test_model_settings_document(tmp_path: Path, runtime_dir: Path):
             "device_map": None,
             "attn_implementation": None,
             "use_safetensors": None,
+            "from_pretrained": {},
         },
         "serve": {
             "max_batch_size": 8,

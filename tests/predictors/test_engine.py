@@ -62,7 +62,7 @@ from lmtp_runtime.sampling import (
     make_generator,
     token_counts,
 )
-from lmtp_runtime.settings import LoadOptions, read_concurrency, read_settings
+from lmtp_runtime.settings import LoadOptions, read_settings
 from lmtp_runtime.text_request import TextInputError
 from transformers import (
     BitsAndBytesConfig,
@@ -416,18 +416,6 @@ def test_missing_or_broken_settings_files_are_setup_errors(tmp_path: Path) -> No
     with pytest.raises(SettingsError, match="not readable JSON"):
         read_settings(tmp_path / "broken.json")
     assert issubclass(SettingsError, RuntimeError)
-
-
-def test_the_concurrency_read_at_import_never_fails_the_import(
-    tmp_path: Path, make_settings: Callable[..., Any]
-) -> None:
-    """predict.py declares its concurrency when imported; a bad file is setup()'s to report."""
-    path = tmp_path / "model_settings.json"
-    path.write_text(json.dumps({**make_settings(tmp_path), "serve": {"concurrency": 3}}))
-    assert read_concurrency(path) == 3
-    path.write_text("{")
-    assert read_concurrency(path) == 1
-    assert read_concurrency(tmp_path / "missing.json") == 1
 
 
 # --- sampling helpers -----------------------------------------------------------------------------
