@@ -59,6 +59,8 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = 0
 DEFAULT_REPETITION_PENALTY = 1.0
+DEFAULT_PRESENCE_PENALTY = 0.0
+DEFAULT_FREQUENCY_PENALTY = 0.0
 
 RUN_INPUTS: tuple[CogInput, ...] = (
     CogInput(
@@ -128,6 +130,24 @@ RUN_INPUTS: tuple[CogInput, ...] = (
         ge=0.0,
     ),
     CogInput(
+        "presence_penalty",
+        float,
+        DEFAULT_PRESENCE_PENALTY,
+        "Penalty for every token the output already holds, however often, as in OpenAI and "
+        "vLLM; 0 is none.",
+        ge=-2.0,
+        le=2.0,
+    ),
+    CogInput(
+        "frequency_penalty",
+        float,
+        DEFAULT_FREQUENCY_PENALTY,
+        "Penalty growing with how often a token already occurs in the output, as in OpenAI and "
+        "vLLM; 0 is none.",
+        ge=-2.0,
+        le=2.0,
+    ),
+    CogInput(
         "stop_sequences",
         str,
         None,
@@ -154,6 +174,13 @@ RUN_INPUTS: tuple[CogInput, ...] = (
         None,
         "Another name for max_new_tokens, as older or OpenAI-style clients send it.",
         ge=1,
+    ),
+    CogInput(
+        "min_tokens",
+        int,
+        None,
+        "Another name for min_new_tokens, as newer Replicate LLMs send it.",
+        ge=-1,
     ),
     CogInput(
         OPS_BATCH_JSON,

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .inputs import (
+    DEFAULT_FREQUENCY_PENALTY,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MIN_NEW_TOKENS,
+    DEFAULT_PRESENCE_PENALTY,
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
@@ -33,6 +35,10 @@ Mode = Literal["text", "lmtp"]
 
 MAX_NEW_TOKENS_ALIASES = ("max_length", "max_tokens")
 """Other names of ``max_new_tokens``: older Replicate LLMs', and OpenAI-style clients'."""
+MIN_NEW_TOKENS_ALIASES = ("min_tokens",)
+"""Other names of ``min_new_tokens``: newer Replicate LLMs'."""
+PENALTY_RANGE = 2.0
+"""``presence_penalty`` and ``frequency_penalty`` lie in [-2, 2], as for OpenAI and vLLM."""
 
 
 class TextInputError(ValueError):
@@ -83,10 +89,13 @@ def text_request(
     max_length: object = None,
     max_tokens: object = None,
     min_new_tokens: object = DEFAULT_MIN_NEW_TOKENS,
+    min_tokens: object = None,
     temperature: object = DEFAULT_TEMPERATURE,
     top_p: object = DEFAULT_TOP_P,
     top_k: object = DEFAULT_TOP_K,
     repetition_penalty: object = DEFAULT_REPETITION_PENALTY,
+    presence_penalty: object = DEFAULT_PRESENCE_PENALTY,
+    frequency_penalty: object = DEFAULT_FREQUENCY_PENALTY,
     stop_sequences: object = None,
     seed: object = None,
 ) -> TextRequest:
@@ -96,10 +105,16 @@ def text_request(
         TextInputError: an input has the wrong type or is out of range (the message names it),
             or the token limits contradict each other.
     """
-    budget = _max_new_tokens(
-        {"max_new_tokens": max_new_tokens, "max_length": max_length, "max_tokens": max_tokens}
+    budget = _token_limit(
+        {"max_new_tokens": max_new_tokens, "max_length": max_length, "max_tokens": max_tokens},
+        default=DEFAULT_MAX_NEW_TOKENS,
+        minimum=1,
     )
-    floor = _integer("min_new_tokens", min_new_tokens, DEFAULT_MIN_NEW_TOKENS, minimum=-1)
+    floor = _token_limit(
+        {"min_new_tokens": min_new_tokens, "min_tokens": min_tokens},
+        default=DEFAULT_MIN_NEW_TOKENS,
+        minimum=-1,
+    )
     floor = max(floor, 0)  # -1 is Replicate's spelling of "no minimum"
     if floor > budget:
         raise TextInputError(
@@ -123,6 +138,8 @@ def text_request(
                 above=0.0,
                 maximum=MAX_PENALTY,
             ),
+            presence_penalty=_penalty("presence_penalty", presence_penalty),
+            frequency_penalty=_penalty("frequency_penalty", frequency_penalty),
             seed=_optional_integer("seed", seed, minimum=0, maximum=MAX_SEED),
         ),
         stop_sequences=parse_stop_sequences(_text("stop_sequences", stop_sequences)),
@@ -139,25 +156,32 @@ def parse_stop_sequences(value: str | None) -> tuple[str, ...]:
     return tuple(item for item in value.split(",") if item)
 
 
-def _max_new_tokens(given: dict[str, object]) -> int:
-    """The token budget from ``max_new_tokens`` and its aliases, which must agree when given.
+def _token_limit(given: dict[str, object], *, default: int, minimum: int) -> int:
+    """A token limit from its input and the other names for it, which must agree when given.
 
-    ``max_new_tokens`` counts as given only when it differs from its default: Cog always fills it
-    in, so a client that sends only ``max_length`` still gets ``max_new_tokens=128`` alongside.
+    The first name (``max_new_tokens``, ``min_new_tokens``) counts as given only when it differs
+    from its default: Cog always fills it in, so a client that sends only ``max_length`` still
+    gets ``max_new_tokens=128`` alongside.
     """
+    first = next(iter(given))
     values = {}
     for name, value in given.items():
-        default = DEFAULT_MAX_NEW_TOKENS if name == "max_new_tokens" else None
-        number = _optional_integer(name, value, minimum=1)
-        if number is not None and number != default:
+        number = _optional_integer(name, value, minimum=minimum)
+        if number is not None and not (name == first and number == default):
             values[name] = number
     if len(set(values.values())) > 1:
         listed = ", ".join(f"{name}={number}" for name, number in values.items())
+        others = " and ".join(name for name in given if name != first)
         raise TextInputError(
-            f"The token limits disagree ({listed}): max_length and max_tokens are other names "
-            "for max_new_tokens, so give one of them."
+            f"The token limits disagree ({listed}): {others} "
+            f"{'are other names' if len(given) > 2 else 'is another name'} for {first}, so "
+            "give one of them."
         )
-    return next(iter(values.values()), DEFAULT_MAX_NEW_TOKENS)
+    return next(iter(values.values()), default)
+
+
+def _penalty(name: str, value: object) -> float:
+    return _number(name, value, 0.0, minimum=-PENALTY_RANGE, maximum=PENALTY_RANGE)
 
 
 def _temperature(value: object) -> float:

@@ -83,10 +83,14 @@ def greedy_reference(
     eos: Iterable[int],
     banned_steps: int = 0,
     repetition_penalty: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
 ) -> tuple[list[int], bool]:
     """Plain transformers greedy decoding: ``(new ids without the EOS, whether an EOS ended it)``.
 
     ``banned_steps``: the EOS ids are masked out of the first this-many steps (min_new_tokens).
+    ``presence_penalty``/``frequency_penalty``: OpenAI's and vLLM's definition, over the tokens
+    generated so far: ``logits - presence * [count > 0] - frequency * count``.
     """
     from transformers import RepetitionPenaltyLogitsProcessor
 
@@ -98,6 +102,10 @@ def greedy_reference(
             logits = model(torch.tensor([ids])).logits[:, -1].float()
         if repetition_penalty != 1.0:
             logits = penalty(torch.tensor([ids]), logits)
+        counts = torch.bincount(
+            torch.tensor(ids[len(prompt_ids) :], dtype=torch.long), minlength=logits.shape[-1]
+        ).float()
+        logits = logits - presence_penalty * (counts > 0) - frequency_penalty * counts
         if step < banned_steps:
             logits[0, sorted(eos)] = float("-inf")
         token = int(logits[0].argmax())
@@ -221,6 +229,25 @@ def test_repetition_penalty_is_transformers_repetition_penalty(chat: Any, chat_d
     assert text == decode(chat_dir, expected)
 
 
+@pytest.mark.parametrize(
+    "penalties",
+    [{"presence_penalty": 1.5}, {"frequency_penalty": 0.8}, {"presence_penalty": -0.5, "frequency_penalty": 2.0}],
+    ids=["presence", "frequency", "both"],
+)
+def test_presence_and_frequency_penalties_are_openais(
+    chat: Any, chat_dir: Path, penalties: dict[str, float]
+) -> None:
+    """Replicate's LLMs (vLLM) take OpenAI's penalties; text mode applies them over the output."""
+    prompt_ids = chat_ids(chat_dir, PROMPT)
+    expected, _ = greedy_reference(chat_dir, prompt_ids, 24, eos=[eos_id(chat_dir)], **penalties)
+    unpenalised, _ = greedy_reference(chat_dir, prompt_ids, 24, eos=[eos_id(chat_dir)])
+    assert expected != unpenalised  # the penalty matters for this prompt
+
+    text = text_of(chat, prompt=PROMPT, max_new_tokens=24, **penalties, **GREEDY)
+
+    assert text == decode(chat_dir, expected)
+
+
 # --- token limits ---------------------------------------------------------------------------------
 
 
@@ -269,6 +296,8 @@ def test_min_new_tokens_suppresses_the_end_of_sequence_token(
     text = text_of(early, prompt=PROMPT, max_new_tokens=20, min_new_tokens=floor, **GREEDY)
     assert text == decode(early_dir, expected)
     assert len(expected) >= floor
+    # min_tokens is newer Replicate LLMs' name for it.
+    assert text_of(early, prompt=PROMPT, max_new_tokens=20, min_tokens=floor, **GREEDY) == text
     # -1 is Replicate's "no minimum".
     assert text_of(early, prompt=PROMPT, max_new_tokens=20, min_new_tokens=-1, **GREEDY) == (
         decode(chat_dir, greedy[:cut])
@@ -404,6 +433,9 @@ def test_exactly_one_of_prompt_and_ops_batch_json(chat: Any, inputs: dict[str, A
         ("temperature", 1e-300),
         ("temperature", 1e300),
         ("repetition_penalty", 1e39),
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -3.0),
+        ("min_tokens", -2),
         ("stop_sequences", ["a", "b"]),
     ],
 )
@@ -424,6 +456,7 @@ def test_out_of_range_inputs_are_refused_naming_the_input(
         ),
         ({"min_new_tokens": 9, "max_new_tokens": 8}, "min_new_tokens .9. is more than"),
         ({"max_length": 5, "max_tokens": 6}, "token limits disagree"),
+        ({"min_new_tokens": 3, "min_tokens": 4}, "min_tokens is another name for min_new_tokens"),
         ({"prompt": "word " * 400}, "more than the model's context window of 256"),
     ],
 )

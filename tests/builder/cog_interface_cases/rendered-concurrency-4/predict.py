@@ -68,6 +68,18 @@ class Predictor(BaseRunner):
             ge=0.0,
             description="Penalty for tokens already in the prompt or the output, as in transformers; 1 is none.",
         ),
+        presence_penalty: float = Input(
+            default=0.0,
+            ge=-2.0,
+            le=2.0,
+            description="Penalty for every token the output already holds, however often, as in OpenAI and vLLM; 0 is none.",
+        ),
+        frequency_penalty: float = Input(
+            default=0.0,
+            ge=-2.0,
+            le=2.0,
+            description="Penalty growing with how often a token already occurs in the output, as in OpenAI and vLLM; 0 is none.",
+        ),
         stop_sequences: str | None = Input(
             default=None,
             description="Comma-separated texts that end the generation, e.g. '<end>,<stop>'; not part of the output.",
@@ -87,6 +99,11 @@ class Predictor(BaseRunner):
             ge=1,
             description="Another name for max_new_tokens, as older or OpenAI-style clients send it.",
         ),
+        min_tokens: int | None = Input(
+            default=None,
+            ge=-1,
+            description="Another name for min_new_tokens, as newer Replicate LLMs send it.",
+        ),
         ops_batch_json: str | None = Input(
             default=None,
             description="LMTP operations as a JSON string: a list of [COMMAND, ARGS] pairs with COMMAND one of GENERATE, SCORE, MODEL_INFO, as LMQL's Replicate client sends them.",
@@ -104,9 +121,12 @@ class Predictor(BaseRunner):
             top_p=top_p,
             top_k=top_k,
             repetition_penalty=repetition_penalty,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
             stop_sequences=stop_sequences,
             seed=seed,
             max_length=max_length,
             max_tokens=max_tokens,
+            min_tokens=min_tokens,
             ops_batch_json=ops_batch_json,
         )
