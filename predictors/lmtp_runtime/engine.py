@@ -80,6 +80,8 @@ class GenerationStream:
     generated: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
     finished: bool = False
+    fed: FedTokens = field(default_factory=lambda: FedTokens())
+    """What feeding its sequence cost, over every batch it ran in (for the metrics)."""
 
     @property
     def sequence(self) -> list[int]:
@@ -88,6 +90,20 @@ class GenerationStream:
     @property
     def wants_tokens(self) -> bool:
         return not self.finished and len(self.generated) < self.op.max_tokens
+
+
+@dataclass
+class FedTokens:
+    """Prompt tokens an op fed the model: ``computed`` by a forward pass, or ``reused`` from the
+    prefix cache (a prefix several rows of one batch share is computed once, and counts as
+    reused for each of them)."""
+
+    computed: int = 0
+    reused: int = 0
+
+    def add(self, *, fed: int, reused: int) -> None:
+        self.computed += fed - reused
+        self.reused += reused
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,7 @@ class ScoreResult:
     op: ScoreOp
     logprobs: tuple[float, ...] = ()
     error: str | None = None
+    fed: FedTokens = field(default_factory=lambda: FedTokens())
 
 
 # --- padding and the decode batch -----------------------------------------------------------------
@@ -437,7 +454,10 @@ class Engine:
         if not active:
             return
         with torch.inference_mode():
-            batch, logits = self._feed([s.sequence for s in active], keep=[1] * len(active))
+            sequences = [s.sequence for s in active]
+            batch, logits, reused = self._feed(sequences, keep=[1] * len(active))
+            for stream, sequence, hit in zip(active, sequences, reused, strict=True):
+                stream.fed.add(fed=len(sequence), reused=hit)
             logits = logits[:, -1]
             for stream in active:
                 if stream.generator is None and not stream.op.sampling.greedy:
@@ -524,11 +544,14 @@ class Engine:
             return results
         with torch.inference_mode():
             sequences = [(*ops[index].prompt, *ops[index].scored[:-1]) for index in todo]
-            batch, logits = self._feed(sequences, keep=[len(ops[index].scored) for index in todo])
+            batch, logits, reused = self._feed(
+                sequences, keep=[len(ops[index].scored) for index in todo]
+            )
             keep = logits.shape[1]
             for row, index in enumerate(todo):
                 op = ops[index]
                 results[index] = self._score_row(op, logits[row, keep - len(op.scored) :])
+                results[index].fed.add(fed=len(sequences[row]), reused=reused[row])
                 if results[index].error is None:
                     self._remember(sequences[row], batch, row)
         return results
@@ -546,9 +569,10 @@ class Engine:
 
     def _feed(
         self, sequences: Sequence[Sequence[int]], *, keep: Sequence[int]
-    ) -> tuple[DecodeBatch, torch.Tensor]:
-        """Feed ``sequences`` on top of their longest cached prefixes; logits of the last
-        ``max(keep)`` positions. Row ``i``'s last ``keep[i]`` tokens are always computed."""
+    ) -> tuple[DecodeBatch, torch.Tensor, list[int]]:
+        """Feed ``sequences`` on top of their longest cached prefixes: the batch, the logits of
+        the last ``max(keep)`` positions, and how many tokens of each row came from the cache.
+        Row ``i``'s last ``keep[i]`` tokens are always computed."""
         self._share_prefixes(sequences, keep=keep)
         prefixes = [
             None
@@ -556,9 +580,10 @@ class Engine:
             else self.prefix_cache.longest_prefix(sequence, limit=len(sequence) - need)
             for sequence, need in zip(sequences, keep, strict=True)
         ]
-        return DecodeBatch.feed(
+        batch, logits = DecodeBatch.feed(
             self.model, sequences, device=self.input_device, prefixes=prefixes, keep=max(keep)
         )
+        return batch, logits, [0 if hit is None else hit.length for hit in prefixes]
 
     def _share_prefixes(self, sequences: Sequence[Sequence[int]], *, keep: Sequence[int]) -> None:
         """Compute once, and cache, each long prefix that several rows share.

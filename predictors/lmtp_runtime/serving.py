@@ -46,6 +46,7 @@ from .protocol import (
     parse_ops_batch,
     token_line,
 )
+from .metrics import LmtpMetrics, record
 from .scheduler import BatchScheduler, Job
 
 log = logging.getLogger(__name__)
@@ -53,21 +54,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Tally:
-    """What one prediction did, for its one INFO log line."""
+    """What one prediction did: its metrics, and its one log line."""
 
     commands: Counter[str] = field(default_factory=Counter)
-    tokens: int = 0
+    metrics: LmtpMetrics = field(default_factory=LmtpMetrics)
     failures: int = 0
-    reused: int = 0
-    """Prompt tokens taken from the prefix cache instead of computed."""
     started: float = field(default_factory=time.monotonic)
 
     def summary(self) -> str:
         ops = ", ".join(f"{count} {name}" for name, count in sorted(self.commands.items()))
+        metrics = self.metrics
+        tokens = metrics.output_token_count + metrics.scored_token_count
         return (
-            f"LMTP prediction: ops {ops or 'none'}; {self.tokens} tokens; "
+            f"LMTP prediction: ops {ops or 'none'}; {tokens} tokens; "
             f"{self.failures} failed computations; "
-            f"{self.reused} prompt tokens from the prefix cache; "
+            f"{metrics.prefix_cache_tokens} prompt tokens from the prefix cache; "
             f"{time.monotonic() - self.started:.3f} s"
         )
 
@@ -95,7 +96,6 @@ class LmtpServer:
     def serve(self, ops_batch_json: object) -> Iterator[str]:
         """Yield chunks of whole ``TOKEN``/``MSG`` lines answering ``ops_batch_json``."""
         tally = _Tally()
-        reused_before = self.engine.reused_prompt_tokens
         try:
             yield from self._serve(ops_batch_json, tally)
         except Exception as error:
@@ -107,8 +107,7 @@ class LmtpServer:
                 kind="MSG",
             )
         finally:
-            # With other predictions running, this counts their reuse too.
-            tally.reused = self.engine.reused_prompt_tokens - reused_before
+            record(tally.metrics.as_metrics())
             log.log(self.summary_level, "%s", tally.summary())
 
     def _serve(self, ops_batch_json: object, tally: _Tally) -> Iterator[str]:
@@ -124,24 +123,29 @@ class LmtpServer:
             self._answer_at_once(op) for op in ops if isinstance(op, RejectedOp | ModelInfoOp)
         )
         job = Job([], [])
-        answers = self.scheduler.run(
-            scores=[op for op in ops if isinstance(op, ScoreOp)],
-            streams=[GenerationStream(op) for op in ops if isinstance(op, GenerateOp)],
-            job=job,
+        scores = [op for op in ops if isinstance(op, ScoreOp)]
+        streams = [GenerationStream(op) for op in ops if isinstance(op, GenerateOp)]
+        metrics = tally.metrics
+        metrics.input_token_count = sum(len(op.prompt) for op in scores) + sum(
+            len(stream.op.prompt) for stream in streams
         )
+        answers = self.scheduler.run(scores=scores, streams=streams, job=job)
         try:
             for answer in answers:
                 if isinstance(answer, ScoreResult):
-                    tally.tokens += len(answer.logprobs)
+                    metrics.scored_token_count += len(answer.logprobs)
+                    metrics.fed(answer.fed)
                     lines = _score_lines(answer)
                 else:
-                    tally.tokens += sum(isinstance(event, TokenEvent) for event in answer)
+                    metrics.output_token_count += sum(isinstance(e, TokenEvent) for e in answer)
                     lines = [_event_line(event) for event in answer]
                 if lines:
                     yield join_lines(lines)
         finally:
             answers.close()  # a canceled prediction takes its streams out of the batch
             tally.failures = job.failures
+            for stream in streams:
+                metrics.fed(stream.fed)
 
     def _answer_at_once(self, op: RejectedOp | ModelInfoOp) -> str:
         if isinstance(op, RejectedOp):

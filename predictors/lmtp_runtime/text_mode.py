@@ -28,6 +28,7 @@ from typing import Any
 
 from .detokenize import IncrementalDetokenizer, StopSequenceFilter
 from .engine import GenerationStream, StreamError, TokenEvent
+from .metrics import TextMetrics, record
 from .prompt_format import FormattedPrompt, format_prompt
 from .protocol import GenerateOp
 from .scheduler import BatchScheduler
@@ -58,16 +59,17 @@ class TextGenerator:
             TextInputError: the prompt cannot be formatted, or does not fit the context window.
             TextGenerationError: the model failed to produce a token.
         """
-        started = time.monotonic()
+        metrics = TextMetrics()
         prompt = format_prompt(self.tokenizer, request)
         self._check_fits(prompt)
+        metrics.input_token_count = len(prompt.token_ids)
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         stops = StopSequenceFilter(request.stop_sequences)
-        generated, ending = 0, "an error"
+        ending = "an error"
         events = self._tokens(prompt, request)
         try:
             for event in events:
-                generated += 1
+                metrics.token()
                 if event.finish_reason == "stop":
                     ending = "an end-of-sequence token"
                     break  # it ends the text and is not part of it
@@ -87,13 +89,14 @@ class TextGenerator:
                     yield tail
         finally:
             events.close()  # stop decoding at once when the text ended early
+            record(metrics.as_metrics())
             log.info(
                 "text prediction: %d prompt tokens (%s), %d new tokens, ended by %s; %.3f s",
                 len(prompt.token_ids),
                 prompt.formatting,
-                generated,
+                metrics.output_token_count,
                 ending,
-                time.monotonic() - started,
+                time.monotonic() - metrics.started,
             )
 
     def _check_fits(self, prompt: FormattedPrompt) -> None:

@@ -212,6 +212,39 @@ def test_back_to_back_predictions_are_never_refused_with_concurrency_8(server: C
     assert statuses == [200] * 200, {code: statuses.count(code) for code in set(statuses)}
 
 
+# --- metrics -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["server", "one_at_a_time_server"])
+def test_every_prediction_records_its_metrics(fixture: str, request: pytest.FixtureRequest) -> None:
+    """Through Cog's metrics API, into the prediction's response (as Replicate shows them),
+    with nothing added to the output or the logs (LMQL's client parses both)."""
+    server = request.getfixturevalue(fixture)
+    text = server.predict(
+        {"prompt": "Hi there", "max_new_tokens": 5, "min_new_tokens": 5, "temperature": 0}
+    )
+    metrics = text["metrics"]
+    assert metrics["output_token_count"] == 5 and metrics["input_token_count"] > 0, metrics
+    assert 0 < metrics["time_to_first_token"] <= metrics["predict_time"]
+    assert metrics["tokens_per_second"] > 0
+
+    prompt = [1, *range(40, 80)]  # long enough to be worth caching, new to this server
+    ops = [
+        ["GENERATE", {"prompt": prompt, "max_tokens": 4, "temperature": 0, "stream_id": 1,
+                      "logit_bias": {"2": -100}}],
+        ["SCORE", {"prompt": prompt, "scored": [30, 31, 32], "stream_id": 2}],
+    ]
+    first = server.predict({"ops_batch_json": json.dumps(ops)})
+    assert first["logs"] == "" and len(parse_output(first["output"])) == 4 + 3
+    assert {key: first["metrics"][key] for key in ("input_token_count", "output_token_count",
+                                                   "scored_token_count")} == {
+        "input_token_count": 2 * len(prompt), "output_token_count": 4, "scored_token_count": 3
+    }
+    again = server.predict({"ops_batch_json": json.dumps(ops)})["metrics"]
+    assert again["prefix_cache_hits"] == 2 and again["prefix_cache_tokens"] >= 2 * len(prompt) - 2
+    assert again["prompt_tokens_computed"] < first["metrics"]["prompt_tokens_computed"]
+
+
 # --- answers -------------------------------------------------------------------------------------
 
 
