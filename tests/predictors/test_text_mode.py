@@ -26,7 +26,8 @@ from lmtp_runtime.detokenize import (
     StopSequenceFilter,
 )
 from lmtp_runtime.predictor import NOT_READY, LmtpPredictor
-from lmtp_runtime.text_request import TextInputError, parse_stop_sequences
+from lmtp_runtime.prompt_format import format_prompt
+from lmtp_runtime.text_request import TextInputError, parse_stop_sequences, text_request
 
 from lmtp_cog.testing.tiny_models import BOS, EOS, PAD
 
@@ -584,3 +585,93 @@ def make_byte_level_checkpoint(directory: Path) -> Path:
     model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
     model.save_pretrained(str(directory))
     return directory
+
+
+# --- prompts the client formatted already ----------------------------------------------------------
+
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+LLAMA3_CHAT_TEMPLATE = (  # Meta-Llama-3-8B-Instruct's own
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def llama3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint with Llama 3's special tokens and chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmtp_cog.testing.tiny_models import make_model
+
+    out = make_model(tmp_path_factory.mktemp("llama3"), arch="llama")
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    tokenizer.add_special_tokens(
+        {"bos_token": LLAMA3_SPECIAL[0], "additional_special_tokens": LLAMA3_SPECIAL[1:]}
+    )
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(out))
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def test_a_prompt_litellm_formatted_for_llama_3_is_not_wrapped_again(
+    llama3_dir: Path, load_predictor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiteLLM applies the Llama 3 chat template itself for models named meta-llama-3...instruct
+    and sends the result as ``prompt``. The model must read that text once, exactly as its own
+    chat template renders the conversation, not nested in a second one."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from litellm.litellm_core_utils.prompt_templates.factory import prompt_factory
+
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who are you?"},
+    ]
+    sent = prompt_factory(model="meta/meta-llama-3-8b-instruct", messages=messages)
+    assert sent.startswith("<|begin_of_text|><|start_header_id|>system")  # LiteLLM's own work
+    tokenizer = reference_tokenizer(llama3_dir)
+
+    received = format_prompt(tokenizer, text_request(prompt=sent))
+
+    assert received.formatting == "already formatted" and received.text == sent
+    once = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    assert list(received.token_ids) == list(getattr(once, "input_ids", once))
+    assert received.token_ids.count(tokenizer.bos_token_id) == 1
+
+    # And the text generated is greedy decoding of exactly those ids.
+    predictor = load_predictor(llama3_dir)
+    expected, _ = greedy_reference(llama3_dir, received.token_ids, 8, eos=[eos_id(llama3_dir)])
+    assert text_of(predictor, prompt=sent, max_new_tokens=8, **GREEDY) == decode(
+        llama3_dir, expected
+    )
+
+
+def test_a_plain_prompt_still_gets_the_chat_template(llama3_dir: Path) -> None:
+    tokenizer = reference_tokenizer(llama3_dir)
+    received = format_prompt(tokenizer, text_request(prompt="Who are you?"))
+    assert received.formatting == "chat_template"
+    assert received.text.startswith("<|begin_of_text|><|start_header_id|>user")
+
+
+def test_prompt_template_braces_prompt_sends_the_prompt_as_it_is(chat: Any, chat_dir: Path) -> None:
+    """The documented recipe for any other pre-formatted prompt: prompt_template = "{prompt}"."""
+    tokenizer = reference_tokenizer(chat_dir)
+    formatted = "User: hi there\nAssistant:"
+    received = format_prompt(tokenizer, text_request(prompt=formatted, prompt_template="{prompt}"))
+    assert received.text == formatted and received.formatting == "prompt_template"
+
+
+def test_a_system_prompt_beside_a_formatted_prompt_is_refused(llama3_dir: Path) -> None:
+    tokenizer = reference_tokenizer(llama3_dir)
+    with pytest.raises(TextInputError, match="already formatted"):
+        format_prompt(
+            tokenizer, text_request(prompt="<|begin_of_text|>hi", system_prompt="Be brief.")
+        )
