@@ -49,7 +49,8 @@ from .prefix_cache import (
     shared_prefixes,
     supports_prefix_reuse,
 )
-from .protocol import FinishReason, GenerateOp, ScoreOp
+from .protocol import FinishReason
+from .requests import GenerationRequest, ScoreRequest
 from .sampling import LOGPROB_FLOOR, BatchSampler, Choice, make_generator
 
 log = logging.getLogger(__name__)
@@ -70,13 +71,13 @@ NAN_MESSAGE = (
 
 @dataclass
 class GenerationStream:
-    """One GENERATE op's progress.
+    """One generation request's progress.
 
     It outlives the batch it runs in: after a batch failure the stream goes on alone from the
     tokens it already sent, with the same random generator (LMTP.md §5).
     """
 
-    op: GenerateOp
+    request: GenerationRequest
     generated: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
     finished: bool = False
@@ -85,11 +86,11 @@ class GenerationStream:
 
     @property
     def sequence(self) -> list[int]:
-        return [*self.op.prompt, *self.generated]
+        return [*self.request.prompt, *self.generated]
 
     @property
     def wants_tokens(self) -> bool:
-        return not self.finished and len(self.generated) < self.op.max_tokens
+        return not self.finished and len(self.generated) < self.request.max_tokens
 
 
 @dataclass
@@ -118,7 +119,7 @@ class TokenEvent:
 
 
 @dataclass(frozen=True)
-class StreamError:
+class StreamFailed:
     """A stream that cannot go on; it is finished."""
 
     stream: GenerationStream
@@ -127,9 +128,9 @@ class StreamError:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """The log-probabilities of one SCORE op's tokens, or why there are none."""
+    """The log-probabilities of one score request's tokens, or why there are none."""
 
-    op: ScoreOp
+    request: ScoreRequest
     logprobs: tuple[float, ...] = ()
     error: str | None = None
     fed: FedTokens = field(default_factory=lambda: FedTokens())
@@ -439,7 +440,7 @@ class Engine:
 
     def generate(
         self, streams: Sequence[GenerationStream]
-    ) -> Iterator[list[TokenEvent | StreamError]]:
+    ) -> Iterator[list[TokenEvent | StreamFailed]]:
         """Decode ``streams`` together, yielding every step's events as soon as they are known.
 
         Each stream's state is updated before its event is yielded, so if a later step raises,
@@ -460,10 +461,10 @@ class Engine:
                 stream.fed.add(fed=len(sequence), reused=hit)
             logits = logits[:, -1]
             for stream in active:
-                if stream.generator is None and not stream.op.sampling.greedy:
-                    stream.generator = make_generator(stream.op.sampling.seed, logits.device)
+                if stream.generator is None and not stream.request.sampling.greedy:
+                    stream.generator = make_generator(stream.request.sampling.seed, logits.device)
             sampler = BatchSampler(
-                [s.op for s in active],
+                [s.request for s in active],
                 [s.generated for s in active],
                 [s.generator for s in active],
                 vocab_size=self.vocab_size,
@@ -508,11 +509,11 @@ class Engine:
 
     def _advance(
         self, stream: GenerationStream, choice: Choice, row: int
-    ) -> TokenEvent | StreamError:
+    ) -> TokenEvent | StreamFailed:
         token, logprob = choice.token_ids[row], choice.logprobs[row]
         if math.isnan(logprob):  # the model's logits were NaN: there is no sensible token
             stream.finished = True
-            return StreamError(stream, NAN_MESSAGE)
+            return StreamFailed(stream, NAN_MESSAGE)
         stream.generated.append(token)
         reason = self._finish_reason(stream, token)
         stream.finished = reason is not None
@@ -521,49 +522,49 @@ class Engine:
     def _finish_reason(self, stream: GenerationStream, token: int) -> FinishReason:
         if token in self.eos_token_ids:
             return "stop"
-        if len(stream.generated) >= stream.op.max_tokens:
+        if len(stream.generated) >= stream.request.max_tokens:
             return "length"
         # The window is full once prompt + generated fill it: the next token would not fit.
-        length = len(stream.op.prompt) + len(stream.generated)
+        length = len(stream.request.prompt) + len(stream.generated)
         if self.context_length is not None and length >= self.context_length:
             return "length"
         return None
 
     # SCORE
 
-    def score(self, ops: Sequence[ScoreOp]) -> list[ScoreResult]:
-        """Score all ``ops`` in one forward pass: ``log_softmax(logits)[scored[j]]`` for every j.
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score all ``requests`` in one forward pass: ``log_softmax(logits)[scored[j]]`` for every j.
 
         Row ``i`` feeds ``prompt + scored[:-1]``; left-padded, its scored tokens are predicted
         by the last ``len(scored)`` positions of every row alike. What a row feeds goes to the
         prefix cache: ``distribution`` scores several continuations of one prompt.
         """
-        results = [ScoreResult(op) for op in ops]  # what an empty `scored` gets: no tokens
-        todo = [index for index, op in enumerate(ops) if op.scored]
+        results = [ScoreResult(request) for request in requests]  # empty `scored`: no tokens
+        todo = [index for index, request in enumerate(requests) if request.scored]
         if not todo:
             return results
         with torch.inference_mode():
-            sequences = [(*ops[index].prompt, *ops[index].scored[:-1]) for index in todo]
+            sequences = [(*requests[i].prompt, *requests[i].scored[:-1]) for i in todo]
             batch, logits, reused = self._feed(
-                sequences, keep=[len(ops[index].scored) for index in todo]
+                sequences, keep=[len(requests[index].scored) for index in todo]
             )
             keep = logits.shape[1]
             for row, index in enumerate(todo):
-                op = ops[index]
-                results[index] = self._score_row(op, logits[row, keep - len(op.scored) :])
+                request = requests[index]
+                results[index] = self._score_row(request, logits[row, keep - len(request.scored) :])
                 results[index].fed.add(fed=len(sequences[row]), reused=reused[row])
                 if results[index].error is None:
                     self._remember(sequences[row], batch, row)
         return results
 
     @staticmethod
-    def _score_row(op: ScoreOp, logits: torch.Tensor) -> ScoreResult:
-        scored = torch.tensor(op.scored, dtype=torch.long, device=logits.device)
+    def _score_row(request: ScoreRequest, logits: torch.Tensor) -> ScoreResult:
+        scored = torch.tensor(request.scored, dtype=torch.long, device=logits.device)
         dist = torch.log_softmax(logits.float(), dim=-1)
         values = dist.gather(-1, scored[:, None]).squeeze(-1).clamp(min=LOGPROB_FLOOR).tolist()
         if any(math.isnan(value) for value in values):
-            return ScoreResult(op, error=NAN_MESSAGE)
-        return ScoreResult(op, logprobs=tuple(values))
+            return ScoreResult(request, error=NAN_MESSAGE)
+        return ScoreResult(request, logprobs=tuple(values))
 
     # the prefix cache
 

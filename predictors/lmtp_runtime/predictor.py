@@ -59,8 +59,8 @@ with hub_offline():
     from .loading import load_model
     from .model_info import context_length, describe_model, eos_token_ids
     from .scheduler import BatchScheduler
-    from .serving import LmtpServer
-    from .text_mode import TextGenerator
+    from .lmtp_mode import LmtpMode
+    from .text_mode import TextMode
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ class LmtpPredictor:
             settings: A ``model_settings.json`` path, or its decoded dict.
         """
         self._settings_source = settings
-        self._server: LmtpServer | None = None
-        self._text: TextGenerator | None = None
+        self._server: LmtpMode | None = None
+        self._text: TextMode | None = None
 
     @classmethod
     def from_settings(cls, settings: SettingsSource) -> Self:
@@ -132,10 +132,10 @@ class LmtpPredictor:
         )
         self.settings, self.model, self.tokenizer = settings, loaded.model, loaded.tokenizer
         scheduler = BatchScheduler(engine, max_batch_size=settings.max_batch_size)
-        self._server = LmtpServer(
+        self._server = LmtpMode(
             scheduler, model_info=info, log_predictions=settings.log_predictions
         )
-        self._text = TextGenerator(scheduler, loaded.tokenizer)
+        self._text = TextMode(scheduler, loaded.tokenizer)
         log.info(
             "ready: vocabulary %d, context window %s, end-of-sequence ids %s, batches of up to "
             "%d, up to %d predictions at once",

@@ -41,7 +41,7 @@ GPU_BUDGET_SHARE = 0.25
 """The share of free GPU memory (measured once the model is loaded) used by default on CUDA.
 
 Modest on purpose: decode batches need memory too. A batch that runs out of memory anyway gets
-the cache emptied before it is retried (see :mod:`.serving`)."""
+the cache emptied before it is retried (see :mod:`.scheduler`)."""
 MAX_ENTRIES = 64
 """Every lookup compares the prompt with every entry; LMQL keeps far fewer branches alive."""
 MIB = 1024 * 1024

@@ -1,10 +1,12 @@
 """LMTP over Cog, the wire format (LMTP.md §1, §5): parse ``ops_batch_json``, format output lines.
 
 Parsing turns the one JSON string into typed ops. A batch that is not a list of
-``[COMMAND, ARGS]`` pairs is rejected whole (:class:`BatchFormatError`); anything wrong with a
-single op becomes a :class:`RejectedOp` that is answered in band, so one bad op never takes the
-others down. Validation happens here, against the model's :class:`Limits`, so the engine only
-ever sees token ids it can index with.
+``[COMMAND, ARGS]`` pairs is rejected whole (:class:`~.errors.BatchFormatError`); anything wrong
+with a single op becomes a :class:`RejectedOp` that is answered in band, so one bad op never
+takes the others down. Validation happens here, against the model's :class:`Limits`, so the
+engine only ever sees token ids it can index with. A good GENERATE or SCORE op carries the
+engine's request (:mod:`.requests`) beside the stream id the client gave it; the engine never
+sees the wire format.
 
 Formatting writes one compact, strict JSON object per line (no ``NaN``/``Infinity``: LMQL's
 client cannot parse them) behind ``TOKEN`` or ``MSG``, each line ending in ``\\n``.
@@ -15,8 +17,21 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from . import checks
+from .errors import BatchFormatError
+from .requests import (
+    MAX_LOGIT_BIAS,
+    MAX_PENALTY,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    GenerationRequest,
+    SamplingParams,
+    ScoreRequest,
+)
 
 StreamId = None | bool | int | float | str
 """Any JSON scalar: echoed back exactly as the client sent it."""
@@ -26,19 +41,6 @@ FinishReason = Literal["stop", "length"] | None
 
 DEFAULT_MAX_TOKENS = 32
 DEFAULT_TOP_LOGPROBS = 1
-MAX_SEED = 2**64 - 1
-# Bounds on sampling values that keep float32 arithmetic finite. Beyond them a value bans (or
-# forces) every token it touches anyway, so nothing is lost; within them no client value can
-# turn the logits into NaN (which would otherwise be blamed on the model).
-MAX_PENALTY = 1000.0
-"""Largest |presence_penalty|, |frequency_penalty| and repetition_penalty."""
-MAX_LOGIT_BIAS = 1e20
-"""Largest positive bias in ``logit_bias`` (LMQL's masks use +-100). Negative ones may be any
-size: they only push a token's logprob to the floor."""
-MIN_TEMPERATURE = 1e-6
-"""Smallest temperature above 0 (greedy): logits divided by less overflow float32."""
-MAX_TEMPERATURE = 1e6
-
 # `model` names the endpoint and is ignored. `length_penalty` is one of the decoding parameters
 # LMQL forwards from `lmql.model(...)`; it only means something to beam search, so it is accepted
 # and has no effect, rather than failing queries that set it.
@@ -73,39 +75,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """How a GENERATE stream picks tokens. The defaults change nothing: greedy, unpenalised."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    """``0`` keeps every token."""
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
-@dataclass(frozen=True)
 class GenerateOp:
     stream_id: StreamId
-    prompt: tuple[int, ...]
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    top_logprobs: int = DEFAULT_TOP_LOGPROBS
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    """``(token id, bias)`` pairs; a token named twice (``"7"`` and ``"07"``) gets both added."""
-    sampling: Sampling = field(default_factory=Sampling)
+    request: GenerationRequest
 
 
 @dataclass(frozen=True)
 class ScoreOp:
     stream_id: StreamId
-    prompt: tuple[int, ...]
-    scored: tuple[int, ...]
+    request: ScoreRequest
 
 
 @dataclass(frozen=True)
@@ -123,13 +101,6 @@ class RejectedOp:
 
 
 Op = GenerateOp | ScoreOp | ModelInfoOp | RejectedOp
-
-
-class BatchFormatError(ValueError):
-    """``ops_batch_json`` as a whole is unusable; one ``MSG`` error, stream id null, answers it."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"invalid ops_batch_json: {reason}")
 
 
 class _FieldError(ValueError):
@@ -167,7 +138,7 @@ def parse_ops_batch(ops_batch_json: object, *, limits: Limits) -> list[Op]:
             and isinstance(item[0], str)
             and isinstance(item[1], dict)
         ):
-            raise BatchFormatError(f"item {index} is not a [COMMAND, ARGS] pair: {_preview(item)}")
+            raise BatchFormatError(f"item {index} is not a [COMMAND, ARGS] pair: {checks.preview(item)}")
     return [parse_op(command, args, limits=limits) for command, args in batch]
 
 
@@ -207,13 +178,12 @@ def _parse_generate(stream_id: StreamId, args: Mapping[str, Any], limits: Limits
             f"{limits.vocab_size}"
         )
     _number(args, "length_penalty", default=1.0)
-    return GenerateOp(
-        stream_id=stream_id,
+    request = GenerationRequest(
         prompt=prompt,
         max_tokens=_integer(args, "max_tokens", default=DEFAULT_MAX_TOKENS, minimum=0),
         top_logprobs=top_logprobs,
         logit_bias=_logit_bias(args, limits),
-        sampling=Sampling(
+        sampling=SamplingParams(
             temperature=_temperature(args),
             # A top_k of the vocabulary or more keeps every token, as 0 does.
             top_k=min(_integer(args, "top_k", default=0, minimum=0), limits.vocab_size),
@@ -237,6 +207,7 @@ def _parse_generate(stream_id: StreamId, args: Mapping[str, Any], limits: Limits
             seed=_optional_integer(args, "seed", minimum=0, maximum=MAX_SEED),
         ),
     )
+    return GenerateOp(stream_id=stream_id, request=request)
 
 
 def _parse_score(stream_id: StreamId, args: Mapping[str, Any], limits: Limits) -> ScoreOp:
@@ -255,7 +226,7 @@ def _parse_score(stream_id: StreamId, args: Mapping[str, Any], limits: Limits) -
             f"fields 'prompt' and 'scored' need {fed} positions, more than the model's context "
             f"window of {limits.context_length}"
         )
-    return ScoreOp(stream_id=stream_id, prompt=prompt, scored=scored)
+    return ScoreOp(stream_id=stream_id, request=ScoreRequest(prompt=prompt, scored=scored))
 
 
 def _parse_model_info(stream_id: StreamId, args: Mapping[str, Any], limits: Limits) -> ModelInfoOp:
@@ -277,9 +248,9 @@ def _token_ids(args: Mapping[str, Any], name: str, limits: Limits) -> tuple[int,
     value = args.get(name)
     if value is None:
         raise _FieldError(f"field {name!r} is required (a list of token ids)")
-    if not isinstance(value, list) or not all(_is_int(item) for item in value):
+    if not isinstance(value, list) or not all(checks.is_integer(item) for item in value):
         raise _FieldError(
-            f"field {name!r} must be a list of integer token ids, got {_preview(value)}"
+            f"field {name!r} must be a list of integer token ids, got {checks.preview(value)}"
         )
     for token in value:
         if not 0 <= token < limits.vocab_size:
@@ -306,7 +277,7 @@ def _logit_bias(args: Mapping[str, Any], limits: Limits) -> tuple[tuple[int, flo
         return ()
     if not isinstance(value, dict):
         raise _FieldError(
-            f"field 'logit_bias' must be an object of token ids to biases, got {_preview(value)}"
+            f"field 'logit_bias' must be an object of token ids to biases, got {checks.preview(value)}"
         )
     pairs = []
     for key, bias in value.items():
@@ -320,9 +291,9 @@ def _logit_bias(args: Mapping[str, Any], limits: Limits) -> tuple[tuple[int, flo
                 f"field 'logit_bias' has token id {token}, outside the vocabulary "
                 f"[0, {limits.vocab_size})"
             )
-        if not _is_number(bias) or bias > MAX_LOGIT_BIAS:
+        if not checks.is_number(bias) or bias > MAX_LOGIT_BIAS:
             raise _FieldError(
-                f"field 'logit_bias' gives token {key} the bias {_preview(bias)}, which is not "
+                f"field 'logit_bias' gives token {key} the bias {checks.preview(bias)}, which is not "
                 f"a number of at most {MAX_LOGIT_BIAS:g}"
             )
         pairs.append((token, float(bias)))
@@ -331,7 +302,7 @@ def _logit_bias(args: Mapping[str, Any], limits: Limits) -> tuple[tuple[int, flo
 
 def _token_key(key: object) -> int | None:
     """A ``logit_bias`` key as a token id: decimal digits (JSON keys are strings) or an int."""
-    if _is_int(key):
+    if checks.is_integer(key):
         return key  # type: ignore[return-value]
     if isinstance(key, str) and key.isascii() and key.isdecimal():
         return int(key)
@@ -350,16 +321,10 @@ def _optional_integer(
     value = args.get(name)
     if value is None:
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
-        bound = (
-            f"an integer of at least {minimum}"
-            if maximum is None
-            else f"an integer in [{minimum}, {maximum}]"
-        )
-        raise _FieldError(f"field {name!r} must be {bound}, got {_preview(value)}")
-    return value
+    try:
+        return checks.integer(value, minimum=minimum, maximum=maximum)
+    except checks.Unexpected as unexpected:
+        raise _FieldError(unexpected.sentence(f"field {name!r}")) from None
 
 
 def _number(
@@ -374,32 +339,12 @@ def _number(
     value = args.get(name)
     if value is None:
         return default
-    in_range = (
-        _is_number(value)
-        and (minimum is None or (value > minimum if exclusive_minimum else value >= minimum))
-        and (maximum is None or value <= maximum)
-    )
-    if not in_range:
-        raise _FieldError(
-            f"field {name!r} must be {_describe_range(minimum, maximum, exclusive_minimum)}, "
-            f"got {_preview(value)}"
-        )
-    return float(value)
-
-
-def _describe_range(minimum: float | None, maximum: float | None, exclusive_minimum: bool) -> str:
-    if minimum is None:
-        return "a number"
-    low = f"{'above' if exclusive_minimum else 'at least'} {minimum:g}"
-    return f"a number {low}" + (f" and at most {maximum:g}" if maximum is not None else "")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        if exclusive_minimum:
+            return checks.number(value, above=minimum, maximum=maximum)
+        return checks.number(value, minimum=minimum, maximum=maximum)
+    except checks.Unexpected as unexpected:
+        raise _FieldError(unexpected.sentence(f"field {name!r}")) from None
 
 
 def _reject_constant(name: str) -> Any:
@@ -424,11 +369,6 @@ def _describe_type(value: object) -> str:
     return names.get(
         type(value), "a number" if isinstance(value, int | float) else type(value).__name__
     )
-
-
-def _preview(value: object, limit: int = 60) -> str:
-    text = json.dumps(value, default=repr)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- formatting -----------------------------------------------------------------------------------

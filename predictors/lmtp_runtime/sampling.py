@@ -10,7 +10,7 @@ For every row (one GENERATE stream), in float32:
 ``dist`` does not depend on the temperature or on top_k/top_p: those shape what is *drawn*, not
 what is *reported*. All full-vocabulary work stays on the logits' device; each step moves only
 the chosen ids, their logprobs and the top-n lists to the host, in one transfer, and nothing
-else waits for the device (which filters apply is read from the ops).
+else waits for the device (which filters apply is read from the requests).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .protocol import GenerateOp
+from .requests import GenerationRequest
 
 LOGPROB_FLOOR = float(torch.finfo(torch.float32).min)
 """Reported instead of ``-inf`` (a token the model rules out): strict JSON has no infinity."""
@@ -58,7 +58,7 @@ class BatchSampler:
 
     def __init__(
         self,
-        ops: Sequence[GenerateOp],
+        requests: Sequence[GenerationRequest],
         histories: Sequence[Sequence[int]],
         generators: Sequence[torch.Generator | None],
         *,
@@ -67,19 +67,19 @@ class BatchSampler:
     ) -> None:
         """
         Args:
-            ops: one GENERATE op per row.
+            requests: one generation request per row.
             histories: the tokens each row has generated so far (non-empty when a stream resumes
                 after a batch failure); they seed the penalty counts.
             generators: each sampling row's generator, ``None`` for greedy rows.
         """
-        self._ops = list(ops)
+        self._requests = list(requests)
         self._generators = list(generators)
         self._vocab_size = vocab_size
         self._device = device
-        settings = [op.sampling for op in self._ops]
+        settings = [op.sampling for op in self._requests]
 
         self._bias = bias_matrix(
-            [op.logit_bias for op in self._ops], vocab_size=vocab_size, device=device
+            [op.logit_bias for op in self._requests], vocab_size=vocab_size, device=device
         )
         self._temperature = self._column([s.temperature for s in settings])
         # A top_k of the vocabulary or more keeps every token, as 0 does (and 2**63 fits no long).
@@ -99,7 +99,7 @@ class BatchSampler:
         if any(s.repetition_penalty != 1.0 for s in settings):
             # transformers' repetition penalty covers the prompt too, not only generated tokens.
             self._repetition = self._column([s.repetition_penalty for s in settings])
-            sequences = [[*op.prompt, *history] for op, history in zip(ops, histories, strict=True)]
+            sequences = [[*op.prompt, *history] for op, history in zip(requests, histories, strict=True)]
             self._seen = token_counts(sequences, vocab_size=vocab_size, device=device) > 0
 
     def choose(self, logits: torch.Tensor) -> Choice:
@@ -111,7 +111,7 @@ class BatchSampler:
             tokens = self._sample(adjusted, tokens)
         token_ids, logprobs, top_ids, top_values = self._to_host(dist, tokens)
         top_logprobs = []
-        for row, op in enumerate(self._ops):
+        for row, op in enumerate(self._requests):
             entries = {token_ids[row]: logprobs[row]}
             n = op.top_logprobs
             entries.update(zip(top_ids[row][:n], top_values[row][:n], strict=True))
@@ -129,7 +129,7 @@ class BatchSampler:
         waits for the device, and a decode step is short enough for four waits to show.
         float64 holds every token id and every float32 logprob exactly, so nothing changes.
         """
-        widest = max(op.top_logprobs for op in self._ops)
+        widest = max(op.top_logprobs for op in self._requests)
         chosen = dist.gather(-1, tokens[:, None])
         columns = [tokens[:, None].double(), chosen.clamp(min=LOGPROB_FLOOR).double()]
         if widest:
@@ -144,7 +144,7 @@ class BatchSampler:
 
     def observe(self, tokens: torch.Tensor) -> None:
         """Count the tokens just chosen (``[rows]``, after :meth:`keep`) for the penalties."""
-        rows = torch.arange(len(self._ops), device=self._device)
+        rows = torch.arange(len(self._requests), device=self._device)
         if self._counts is not None:
             self._counts.index_put_(
                 (rows, tokens), torch.ones_like(tokens, dtype=self._counts.dtype), accumulate=True
@@ -155,7 +155,7 @@ class BatchSampler:
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only these rows, in this order (the others' streams finished)."""
         index = torch.tensor(list(rows), dtype=torch.long, device=self._device)
-        self._ops = [self._ops[row] for row in rows]
+        self._requests = [self._requests[row] for row in rows]
         self._generators = [self._generators[row] for row in rows]
         self._temperature = self._temperature[index]
         self._top_k = self._top_k[index]
@@ -183,14 +183,14 @@ class BatchSampler:
     def _sampled(self) -> tuple[list[int], torch.Tensor]:
         """The rows that sample rather than take the argmax, as a list and as an index tensor
         (made once per batch shape, not at every step)."""
-        rows = [row for row, op in enumerate(self._ops) if not op.sampling.greedy]
+        rows = [row for row, op in enumerate(self._requests) if not op.sampling.greedy]
         return rows, torch.tensor(rows, dtype=torch.long, device=self._device)
 
     def _sample(self, adjusted: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
         rows, index = self._sampled_rows, self._sampled_index
-        settings = [self._ops[row].sampling for row in rows]
+        settings = [self._requests[row].sampling for row in rows]
         scores = adjusted[index] / self._temperature[index, None]
-        # Whether a filter applies is read from the ops, on the host: a check on the device
+        # Whether a filter applies is read from the requests, on the host: a check on the device
         # (``bool(tensor.any())``) would wait for it at every step.
         widest_k = min(max(s.top_k for s in settings), self._vocab_size)
         if widest_k > 0:
@@ -267,7 +267,7 @@ def filter_top_k(
     """Keep each row's ``top_k`` highest scores (ties at the cut stay); ``0`` keeps every token.
 
     Args:
-        widest: ``max(top_k)`` when the caller knows it from the ops; reading it from the
+        widest: ``max(top_k)`` when the caller knows it from the requests; reading it from the
             tensor instead waits for the device.
     """
     if widest is None:
@@ -287,7 +287,7 @@ def filter_top_p(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
     The best token always stays. Rows with ``top_p >= 1`` are left exactly alone (a cumulative
     sum that rounds past 1.0 must not clip their tail). Callers skip the sort when no row has
-    ``top_p < 1``; they know that from the ops without asking the device.
+    ``top_p < 1``; they know that from the requests without asking the device.
     """
     limit = torch.where(top_p < 1.0, top_p, math.inf)[:, None]
     ordered, order = torch.sort(scores, dim=-1, descending=True)

@@ -30,21 +30,21 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
 
-from .engine import Engine, GenerationStream, ScoreResult, StreamError, TokenEvent
-from .errors import describe_exception
-from .protocol import ScoreOp
+from .engine import Engine, GenerationStream, ScoreResult, StreamFailed, TokenEvent
+from .errors import SchedulerStopped, describe_exception
+from .requests import ScoreRequest
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-StepEvents = list[TokenEvent | StreamError]
+StepEvents = list[TokenEvent | StreamFailed]
 """One decoding step's events for the streams of one prediction."""
 
 Answer = ScoreResult | StepEvents
@@ -54,15 +54,11 @@ POLL_S = 0.5
 """How often a waiting prediction checks that the scheduler's thread is still there."""
 
 
-class SchedulerStopped(RuntimeError):
-    """The scheduler's thread is gone (closed, or killed by a bug): nothing will answer."""
-
-
 @dataclass(eq=False)
 class Job:
     """One prediction's work, and the queue its answers go to."""
 
-    scores: list[ScoreOp]
+    scores: list[ScoreRequest]
     streams: list[GenerationStream]
     answers: queue.SimpleQueue[Answer | _Done] = field(default_factory=queue.SimpleQueue)
     canceled: threading.Event = field(default_factory=threading.Event)
@@ -80,6 +76,37 @@ class _Done:
     error: str | None = None
 
 
+class Submission:
+    """One prediction's work on the scheduler: iterate it for the answers, in order.
+
+    Closing it before its end (or leaving the ``with`` block) cancels what is left of the work.
+    """
+
+    def __init__(self, job: Job, answers: Generator[Answer, None, None]) -> None:
+        self._job = job
+        self._answers = answers
+
+    @property
+    def failures(self) -> int:
+        """Batches holding this work that failed and were retried, op by op."""
+        return self._job.failures
+
+    def __iter__(self) -> Submission:
+        return self
+
+    def __next__(self) -> Answer:
+        return next(self._answers)
+
+    def close(self) -> None:
+        self._answers.close()
+
+    def __enter__(self) -> Submission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class BatchScheduler:
     """Runs the engine in one thread for any number of concurrent predictions."""
 
@@ -89,7 +116,7 @@ class BatchScheduler:
         self._lock = threading.Condition()
         self._incoming: list[Job] = []
         self._closing = False
-        self._scores: list[tuple[Job, ScoreOp]] = []
+        self._scores: list[tuple[Job, ScoreRequest]] = []
         self._waiting: list[tuple[Job, GenerationStream]] = []
         """Streams waiting for a row, first come first served (the model thread's own list)."""
         self._in_round: list[Job] = []
@@ -100,31 +127,20 @@ class BatchScheduler:
     # --- the predictions' side -------------------------------------------------------------------
 
     def run(
-        self,
-        *,
-        scores: Sequence[ScoreOp] = (),
-        streams: Sequence[GenerationStream] = (),
-        job: Job | None = None,
-    ) -> Iterator[Answer]:
-        """Submit this work now; return an iterator of its answers as the model produces them.
-
-        Closing the iterator before its end cancels what is left of the work.
-
-        Args:
-            job: pass a :class:`Job` of your own to read its ``failures`` afterwards; its
-                ``scores`` and ``streams`` are replaced by these.
+        self, *, scores: Sequence[ScoreRequest] = (), streams: Sequence[GenerationStream] = ()
+    ) -> Submission:
+        """Submit this work now: the handle iterates its answers as the model produces them.
 
         Raises:
             SchedulerStopped: the scheduler's thread is gone (now, or while iterating).
         """
-        job = job or Job([], [])
-        job.scores, job.streams = list(scores), list(streams)
+        job = Job(list(scores), list(streams))
         if not job.scores and not any(stream.wants_tokens for stream in job.streams):
-            return _no_answers()
+            return Submission(job, _no_answers())
         self._submit(job)
-        return self._answers(job)
+        return Submission(job, self._answers(job))
 
-    def _answers(self, job: Job) -> Iterator[Answer]:
+    def _answers(self, job: Job) -> Generator[Answer, None, None]:
         try:
             while True:
                 answer = self._next_answer(job)
@@ -207,7 +223,7 @@ class BatchScheduler:
 
     # SCORE
 
-    def _score(self, group: list[tuple[Job, ScoreOp]]) -> None:
+    def _score(self, group: list[tuple[Job, ScoreRequest]]) -> None:
         ops = [op for _, op in group]
         try:
             results = self.engine.score(ops)
@@ -220,7 +236,7 @@ class BatchScheduler:
         for (job, _), result in zip(group, results, strict=True):
             self._deliver(job, result, closed=1)
 
-    def _score_alone(self, job: Job, op: ScoreOp) -> ScoreResult:
+    def _score_alone(self, job: Job, op: ScoreRequest) -> ScoreResult:
         try:
             return self.engine.score([op])[0]
         except Exception as error:
@@ -300,7 +316,7 @@ class BatchScheduler:
 
     def _end_stream(self, job: Job, stream: GenerationStream, error: Exception) -> None:
         stream.finished = True
-        self._deliver(job, [StreamError(stream, _failure(error))], closed=1)
+        self._deliver(job, [StreamFailed(stream, _failure(error))], closed=1)
 
     # answers and failures
 
@@ -339,7 +355,7 @@ class BatchScheduler:
                 job.answers.put(_Done(error=message))
 
 
-def _no_answers() -> Iterator[Answer]:
+def _no_answers() -> Generator[Answer, None, None]:
     """The answers to no work: an iterator that can be closed like the others."""
     yield from ()
 
@@ -351,12 +367,12 @@ def _groups(items: list[T], size: int, *, key: Callable[[T], int]) -> Iterator[l
         yield ordered[start : start + size]
 
 
-def _score_length(op: ScoreOp) -> int:
-    return len(op.prompt) + len(op.scored)
+def _score_length(request: ScoreRequest) -> int:
+    return len(request.prompt) + len(request.scored)
 
 
-def _failed_score(op: ScoreOp, error: Exception) -> ScoreResult:
-    return ScoreResult(op, error=_failure(error))
+def _failed_score(request: ScoreRequest, error: Exception) -> ScoreResult:
+    return ScoreResult(request, error=_failure(error))
 
 
 def _failure(error: Exception) -> str:

@@ -1,9 +1,9 @@
 """Text mode: a prompt in, generated text streamed out, on the same engine LMTP uses.
 
 The engine does the decoding (prefill, the KV-cached loop, greedy or seeded sampling, the
-repetition penalty) exactly as for an LMTP GENERATE op: a text request becomes one
-:class:`~.protocol.GenerateOp` on the formatted prompt's token ids. This module only adds what
-text needs around it:
+penalties) exactly as for an LMTP GENERATE op: a text request becomes one
+:class:`~.requests.GenerationRequest` on the formatted prompt's token ids. This module only adds
+what text needs around it:
 
 - ``min_new_tokens``: the first tokens are generated with every end-of-sequence id banned (a
   logit bias of -inf), then generation goes on from there as one more engine call, resuming the
@@ -13,8 +13,8 @@ text needs around it:
   split character, never a stop sequence;
 - an end-of-sequence token ends the text and is not part of it.
 
-Problems with the request raise :class:`~.text_request.TextInputError`, and a generation that
-cannot go on raises :class:`TextGenerationError`: Cog then fails the prediction with that
+Problems with the request raise :class:`~.errors.TextInputError`, and a generation that cannot
+go on raises :class:`~.errors.TextGenerationError`: Cog then fails the prediction with that
 message, which is what Replicate's LLM clients expect.
 """
 
@@ -27,23 +27,20 @@ from dataclasses import replace
 from typing import Any
 
 from .detokenize import IncrementalDetokenizer, StopSequenceFilter
-from .engine import GenerationStream, StreamError, TokenEvent
+from .engine import GenerationStream, StreamFailed, TokenEvent
+from .errors import TextGenerationError, TextInputError
 from .metrics import TextMetrics, record
 from .prompt_format import FormattedPrompt, format_prompt
-from .protocol import GenerateOp
+from .requests import GenerationRequest
 from .scheduler import BatchScheduler
-from .text_request import TextInputError, TextRequest
+from .text_request import TextRequest
 
 log = logging.getLogger(__name__)
 
 BANNED = float("-inf")
 
 
-class TextGenerationError(RuntimeError):
-    """The model could not go on generating (e.g. it produced NaN logits)."""
-
-
-class TextGenerator:
+class TextMode:
     """Generates text for :class:`~.text_request.TextRequest` s, any number at once: their
     streams are decoded by the scheduler, batched with each other and with LMTP work."""
 
@@ -109,36 +106,30 @@ class TextGenerator:
 
     def _tokens(self, prompt: FormattedPrompt, request: TextRequest) -> Iterator[TokenEvent]:
         """Every generated token's event, across the banned-EOS phase and the free one."""
-        op = GenerateOp(
-            stream_id=None,
-            prompt=prompt.token_ids,
-            max_tokens=request.max_new_tokens,
-            top_logprobs=0,
-            sampling=request.sampling,
+        generation = GenerationRequest(
+            prompt=prompt.token_ids, max_tokens=request.max_new_tokens, sampling=request.sampling
         )
         if request.min_new_tokens == 0:
-            yield from self._run(GenerationStream(op))
+            yield from self._run(GenerationStream(generation))
             return
         banned = tuple((token, BANNED) for token in sorted(self._eos_ids()))
         first = GenerationStream(
-            replace(op, max_tokens=request.min_new_tokens, logit_bias=banned)
+            replace(generation, max_tokens=request.min_new_tokens, logit_bias=banned)
         )
         yield from self._run(first)
         # Go on from the same tokens with the same random generator, as one stream would.
-        rest = GenerationStream(op, generated=first.generated, generator=first.generator)
+        rest = GenerationStream(generation, generated=first.generated, generator=first.generator)
         if self._room_left(rest):
             yield from self._run(rest)
 
     def _run(self, stream: GenerationStream) -> Iterator[TokenEvent]:
-        answers = self.scheduler.run(streams=[stream])
-        try:
+        # Leaving the block early (the text ended) takes the stream out of the batch at once.
+        with self.scheduler.run(streams=[stream]) as answers:
             for events in answers:
                 for event in events:
-                    if isinstance(event, StreamError):
+                    if isinstance(event, StreamFailed):
                         raise TextGenerationError(event.message)
                     yield event
-        finally:
-            answers.close()  # the text ended early: the stream leaves the batch at once
 
     def _room_left(self, stream: GenerationStream) -> bool:
         """Whether ``stream`` may take another token: under its limit and inside the window."""

@@ -15,10 +15,11 @@ only understands in-band error lines.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from . import checks
+from .errors import TextInputError
 from .inputs import (
     DEFAULT_FREQUENCY_PENALTY,
     DEFAULT_MAX_NEW_TOKENS,
@@ -29,7 +30,7 @@ from .inputs import (
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
 )
-from .protocol import MAX_PENALTY, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE, Sampling
+from .requests import MAX_PENALTY, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE, SamplingParams
 
 Mode = Literal["text", "lmtp"]
 
@@ -39,10 +40,6 @@ MIN_NEW_TOKENS_ALIASES = ("min_tokens",)
 """Other names of ``min_new_tokens``: newer Replicate LLMs'."""
 PENALTY_RANGE = 2.0
 """``presence_penalty`` and ``frequency_penalty`` lie in [-2, 2], as for OpenAI and vLLM."""
-
-
-class TextInputError(ValueError):
-    """A text-mode input is missing, out of range or inconsistent; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class TextRequest:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     min_new_tokens: int = DEFAULT_MIN_NEW_TOKENS
     """End-of-sequence tokens are suppressed until this many tokens have been generated."""
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     stop_sequences: tuple[str, ...] = ()
 
 
@@ -127,7 +124,7 @@ def text_request(
         prompt_template=_text("prompt_template", prompt_template) or None,
         max_new_tokens=budget,
         min_new_tokens=floor,
-        sampling=Sampling(
+        sampling=SamplingParams(
             temperature=_temperature(temperature),
             top_p=_number("top_p", top_p, DEFAULT_TOP_P, above=0.0, maximum=1.0),
             top_k=_integer("top_k", top_k, DEFAULT_TOP_K, minimum=0),
@@ -199,7 +196,7 @@ def _text(name: str, value: object, *, required: bool = False) -> str | None:
     if value is None and not required:
         return None
     if not isinstance(value, str):
-        raise TextInputError(f"{name} must be a string, got {_describe(value)}.")
+        raise TextInputError(checks.Unexpected("a string", value).sentence(name) + ".")
     return value
 
 
@@ -213,18 +210,10 @@ def _optional_integer(
 ) -> int | None:
     if value is None:
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    in_range = (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and value >= minimum
-        and (maximum is None or value <= maximum)
-    )
-    if not in_range:
-        bound = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise TextInputError(f"{name} must be an integer {bound}, got {_describe(value)}.")
-    return value  # type: ignore[return-value]
+    try:
+        return checks.integer(value, minimum=minimum, maximum=maximum)
+    except checks.Unexpected as unexpected:
+        raise TextInputError(unexpected.sentence(name) + ".") from None
 
 
 def _number(
@@ -238,28 +227,7 @@ def _number(
 ) -> float:
     if value is None:
         return default
-    in_range = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (minimum is None or value >= minimum)
-        and (above is None or value > above)
-        and (maximum is None or value <= maximum)
-    )
-    if not in_range:
-        bounds = [
-            f"at least {minimum:g}" if minimum is not None else None,
-            f"above {above:g}" if above is not None else None,
-            f"at most {maximum:g}" if maximum is not None else None,
-        ]
-        wanted = " and ".join(bound for bound in bounds if bound) or "finite"
-        raise TextInputError(f"{name} must be a number {wanted}, got {_describe(value)}.")
-    return float(value)  # type: ignore[arg-type]
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, str):
-        return repr(value if len(value) <= 40 else value[:37] + "...")
-    if isinstance(value, bool | int | float) or value is None:
-        return repr(value)
-    return f"a {type(value).__name__}"
+    try:
+        return checks.number(value, minimum=minimum, above=above, maximum=maximum)
+    except checks.Unexpected as unexpected:
+        raise TextInputError(unexpected.sentence(name) + ".") from None

@@ -26,14 +26,16 @@ from lmtp_runtime.engine import (
     Engine,
     GenerationStream,
     ScoreResult,
-    StreamError,
+    StreamFailed,
     TokenEvent,
     left_pad,
 )
 from lmtp_runtime.errors import (
+    BatchFormatError,
     ModelLoadError,
     RuntimeSetupError,
     SettingsError,
+    TextInputError,
     UnsupportedModelError,
 )
 from lmtp_runtime.loading import choose_dtype, from_pretrained_kwargs
@@ -41,17 +43,16 @@ from lmtp_runtime.model_info import context_length, eos_token_ids
 from lmtp_runtime.offline import hub_offline
 from lmtp_runtime.predictor import NOT_READY, LmtpPredictor
 from lmtp_runtime.protocol import (
-    BatchFormatError,
     GenerateOp,
     Limits,
     ModelInfoOp,
     RejectedOp,
-    Sampling,
     ScoreOp,
     error_line,
     parse_ops_batch,
     token_line,
 )
+from lmtp_runtime.requests import GenerationRequest, SamplingParams, ScoreRequest
 from lmtp_runtime.sampling import (
     LOGPROB_FLOOR,
     apply_presence_frequency,
@@ -63,7 +64,6 @@ from lmtp_runtime.sampling import (
     token_counts,
 )
 from lmtp_runtime.settings import LoadOptions, read_settings
-from lmtp_runtime.text_request import TextInputError
 from transformers import (
     BitsAndBytesConfig,
     DynamicCache,
@@ -193,14 +193,12 @@ def test_defaults_and_nulls_give_greedy_decoding_of_32_tokens() -> None:
     )
     expected = GenerateOp(
         stream_id=None,
-        prompt=(1, 2),
-        max_tokens=32,
-        top_logprobs=1,
-        logit_bias=(),
-        sampling=Sampling(),
+        request=GenerationRequest(
+            prompt=(1, 2), max_tokens=32, top_logprobs=1, logit_bias=(), sampling=SamplingParams()
+        ),
     )
     assert absent == nulls == expected
-    assert expected.sampling.greedy
+    assert expected.request.sampling.greedy
 
 
 def test_generate_fields_are_typed() -> None:
@@ -232,18 +230,20 @@ def test_generate_fields_are_typed() -> None:
     )
     assert op == GenerateOp(
         stream_id="s",
-        prompt=(1, 2, 3),
-        max_tokens=4,
-        top_logprobs=5,
-        logit_bias=((7, 100.0), (7, -1.5), (9, 2.0)),
-        sampling=Sampling(
-            temperature=0.7,
-            top_k=3,
-            top_p=0.9,
-            repetition_penalty=1.2,
-            presence_penalty=-0.5,
-            frequency_penalty=0.25,
-            seed=2**64 - 1,
+        request=GenerationRequest(
+            prompt=(1, 2, 3),
+            max_tokens=4,
+            top_logprobs=5,
+            logit_bias=((7, 100.0), (7, -1.5), (9, 2.0)),
+            sampling=SamplingParams(
+                temperature=0.7,
+                top_k=3,
+                top_p=0.9,
+                repetition_penalty=1.2,
+                presence_penalty=-0.5,
+                frequency_penalty=0.25,
+                seed=2**64 - 1,
+            ),
         ),
     )
 
@@ -524,22 +524,22 @@ def test_the_decode_batch_owns_its_cache_and_drops_finished_rows(llama: Any) -> 
 # --- the engine -----------------------------------------------------------------------------------
 
 
-def _drain(events: Iterable[list[TokenEvent | StreamError]]) -> list[TokenEvent]:
+def _drain(events: Iterable[list[TokenEvent | StreamFailed]]) -> list[TokenEvent]:
     flat = [event for step in events for event in step]
     assert all(isinstance(event, TokenEvent) for event in flat)
     return flat  # type: ignore[return-value]
 
 
 def test_each_step_yields_one_event_per_unfinished_stream(engine: Engine) -> None:
-    short = GenerationStream(GenerateOp(stream_id=1, prompt=tuple(PROMPTS[0]), max_tokens=2))
-    long = GenerationStream(GenerateOp(stream_id=2, prompt=tuple(PROMPTS[1]), max_tokens=4))
-    none = GenerationStream(GenerateOp(stream_id=3, prompt=tuple(PROMPTS[2]), max_tokens=0))
+    short = GenerationStream(GenerationRequest(prompt=tuple(PROMPTS[0]), max_tokens=2))
+    long = GenerationStream(GenerationRequest(prompt=tuple(PROMPTS[1]), max_tokens=4))
+    none = GenerationStream(GenerationRequest(prompt=tuple(PROMPTS[2]), max_tokens=0))
     steps = list(engine.generate([short, long, none]))
-    assert [[event.stream.op.stream_id for event in step] for step in steps] == [
-        [1, 2],
-        [1, 2],
-        [2],
-        [2],
+    assert [[event.stream for event in step] for step in steps] == [
+        [short, long],
+        [short, long],
+        [long],
+        [long],
     ]
     assert [event.finish_reason for step in steps for event in step if event.stream is short] == [
         None,
@@ -550,13 +550,13 @@ def test_each_step_yields_one_event_per_unfinished_stream(engine: Engine) -> Non
 
 def test_an_interrupted_generation_resumes_where_it_stopped(engine: Engine) -> None:
     """What the server does after a batch failure: the stream goes on alone from its state."""
-    sampling = Sampling(
+    sampling = SamplingParams(
         temperature=1.3, seed=5, presence_penalty=0.5, repetition_penalty=1.3, top_k=50
     )
-    op = GenerateOp(
-        stream_id=1, prompt=tuple(PROMPTS[0]), max_tokens=7, top_logprobs=3, sampling=sampling
+    op = GenerationRequest(
+        prompt=tuple(PROMPTS[0]), max_tokens=7, top_logprobs=3, sampling=sampling
     )
-    other = GenerationStream(GenerateOp(stream_id=2, prompt=tuple(PROMPTS[1]), max_tokens=7))
+    other = GenerationStream(GenerationRequest(prompt=tuple(PROMPTS[1]), max_tokens=7))
     whole = _drain(engine.generate([GenerationStream(op)]))
 
     stream = GenerationStream(op)
@@ -583,9 +583,9 @@ def test_batched_scoring_equals_scoring_alone_and_the_full_forward(
     engine: Engine, llama: Any
 ) -> None:
     ops = [
-        ScoreOp(1, tuple(PROMPTS[0]), (30, 31, 32)),
-        ScoreOp(2, tuple(PROMPTS[1]), ()),
-        ScoreOp(3, tuple(PROMPTS[2]), (50,)),
+        ScoreRequest(tuple(PROMPTS[0]), (30, 31, 32)),
+        ScoreRequest(tuple(PROMPTS[1]), ()),
+        ScoreRequest(tuple(PROMPTS[2]), (50,)),
     ]
     batched = engine.score(ops)
     assert batched[1] == ScoreResult(ops[1])
@@ -797,7 +797,7 @@ def test_a_predictor_that_is_not_set_up_answers_in_band() -> None:
 
 
 def _serving_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if record.name == "lmtp_runtime.serving"]
+    return [record for record in caplog.records if record.name == "lmtp_runtime.lmtp_mode"]
 
 
 def test_each_prediction_logs_one_summary_line_when_asked(

@@ -22,7 +22,7 @@ from lmtp_runtime.engine import (
     MIN_SHARED_PREFIX,
     Engine,
     GenerationStream,
-    StreamError,
+    StreamFailed,
     TokenEvent,
 )
 from lmtp_runtime.errors import SettingsError
@@ -34,9 +34,9 @@ from lmtp_runtime.prefix_cache import (
     common_prefix_length,
     shared_prefixes,
 )
-from lmtp_runtime.protocol import GenerateOp, Sampling, ScoreOp
+from lmtp_runtime.requests import GenerationRequest, SamplingParams, ScoreRequest
 from lmtp_runtime.scheduler import BatchScheduler
-from lmtp_runtime.serving import LmtpServer
+from lmtp_runtime.lmtp_mode import LmtpMode
 from lmtp_runtime.settings import read_settings
 from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
@@ -67,11 +67,11 @@ def engines(model: Any, **cache: Any) -> tuple[Engine, Engine]:
     return cached, plain
 
 
-def generate(engine: Engine, *ops: GenerateOp) -> list[Result]:
+def generate(engine: Engine, *ops: GenerationRequest) -> list[Result]:
     """Run ``ops`` as one batch; per op, its ``(token, logprob, top_logprobs)`` triples."""
     streams = [GenerationStream(op) for op in ops]
     events = [event for step in engine.generate(streams) for event in step]
-    assert not [event for event in events if isinstance(event, StreamError)]
+    assert not [event for event in events if isinstance(event, StreamFailed)]
     return [
         [
             (event.token, event.logprob, event.top_logprobs)
@@ -84,10 +84,10 @@ def generate(engine: Engine, *ops: GenerateOp) -> list[Result]:
 
 def gen_op(
     prompt: Sequence[int], max_tokens: int = 4, *, logit_bias: Any = ((EOS, -100.0),), **args: Any
-) -> GenerateOp:
-    """A GENERATE op; by default EOS is masked, so every stream runs to ``max_tokens``."""
-    return GenerateOp(
-        stream_id=1, prompt=tuple(prompt), max_tokens=max_tokens, logit_bias=logit_bias, **args
+) -> GenerationRequest:
+    """A generation; by default EOS is masked, so every stream runs to ``max_tokens``."""
+    return GenerationRequest(
+        prompt=tuple(prompt), max_tokens=max_tokens, logit_bias=logit_bias, **args
     )
 
 
@@ -139,7 +139,7 @@ def test_an_lmql_trace_decodes_identically_with_and_without_the_cache(
     prompt = random_prompt(rng, 30, vocab)
     fed_by_cached = fed_by_plain = 0
     for call in range(30):
-        sampling = Sampling(temperature=0.8, seed=call, top_k=40) if sampled else Sampling()
+        sampling = SamplingParams(temperature=0.8, seed=call, top_k=40) if sampled else SamplingParams()
         op = gen_op(
             prompt,
             max_tokens=(6, 1, 4)[call % 3],
@@ -235,7 +235,7 @@ def test_score_reuses_a_generated_prefix_and_scores_share_theirs(
     candidates = [(80, 81, 82), (90,), (80, 83)]
     fed = []
     for candidate in candidates:
-        op = ScoreOp(stream_id=1, prompt=context, scored=candidate)
+        op = ScoreRequest(prompt=context, scored=candidate)
         with fed_tokens(model) as counts:
             [got] = cached.score([op])
         fed.append(counts[0])
@@ -277,9 +277,9 @@ def test_a_batch_mixing_hits_and_misses_decodes_each_row_as_alone(
         assert_same(got, generate(plain, op)[0])
 
     scores = [
-        ScoreOp(stream_id=1, prompt=(*long, 7), scored=(8, 9, 10)),
-        ScoreOp(stream_id=2, prompt=tuple(random_prompt(rng, 9, vocab)), scored=(3, 4)),
-        ScoreOp(stream_id=3, prompt=tuple(short), scored=(11,)),
+        ScoreRequest(prompt=(*long, 7), scored=(8, 9, 10)),
+        ScoreRequest(prompt=tuple(random_prompt(rng, 9, vocab)), scored=(3, 4)),
+        ScoreRequest(prompt=tuple(short), scored=(11,)),
     ]
     for got, op in zip(cached.score(scores), scores, strict=True):
         assert got.logprobs == pytest.approx(plain.score([op])[0].logprobs, abs=TOLERANCE)
@@ -314,7 +314,7 @@ def test_cached_entries_are_never_written_to(models: dict[str, Any]) -> None:
     for op in ops:  # alone: the cache takes the entry's tensors as views
         generate(cached, op)
     generate(cached, *ops)  # batched: they are copied into the batch
-    cached.score([ScoreOp(stream_id=1, prompt=tuple(prompt[:12]), scored=(5, 6))])
+    cached.score([ScoreRequest(prompt=tuple(prompt[:12]), scored=(5, 6))])
     for (keys, values), (old_keys, old_values) in zip(entry.layers, before, strict=True):
         assert torch.equal(keys, old_keys) and torch.equal(values, old_values)
 
@@ -333,7 +333,7 @@ def test_scores_sharing_a_prompt_in_one_batch_compute_it_once(
     prompt = tuple(random_prompt(rng, 40, model.config.vocab_size))
     candidates = [(30 + row, *range(50, 50 + row % 4)) for row in range(8)]
     ops = [
-        ScoreOp(stream_id=row, prompt=prompt, scored=candidate)
+        ScoreRequest(prompt=prompt, scored=candidate)
         for row, candidate in enumerate(candidates)
     ]
     with fed_tokens(model) as counts:
@@ -357,7 +357,7 @@ def test_sampled_streams_of_one_prompt_compute_it_once(models: dict[str, Any], a
             prompt,
             max_tokens=3 + seed,
             top_logprobs=2,
-            sampling=Sampling(temperature=0.9, seed=seed, top_k=(0, 20)[seed % 2]),
+            sampling=SamplingParams(temperature=0.9, seed=seed, top_k=(0, 20)[seed % 2]),
         )
         for seed in range(4)
     ]
@@ -394,7 +394,7 @@ def test_without_a_cache_shared_prompts_are_computed_per_row(models: dict[str, A
     model = models["llama"]
     _, plain = engines(model)
     prompt = list(range(3, 43))
-    ops = [ScoreOp(stream_id=row, prompt=tuple(prompt), scored=(50 + row,)) for row in range(3)]
+    ops = [ScoreRequest(prompt=tuple(prompt), scored=(50 + row,)) for row in range(3)]
     with fed_tokens(model) as counts:
         plain.score(ops)
     assert counts == [len(ops) * len(prompt)]
@@ -427,7 +427,7 @@ def _bytes_per_token(model: Any) -> int:
     """What one token's keys and values take over all layers, from a real forward pass."""
     cache = PrefixCache(budget_bytes=MIB)
     engine = Engine(model, vocab_size=1, context_length=None, eos_token_ids=[], prefix_cache=cache)
-    engine.score([ScoreOp(stream_id=1, prompt=(1, 2, 3), scored=(4,))])
+    engine.score([ScoreRequest(prompt=(1, 2, 3), scored=(4,))])
     return cache.bytes_used // 3
 
 
@@ -558,11 +558,11 @@ def test_a_sliding_window_model_serves_without_reuse() -> None:
 GREEDY = {"temperature": 0, "logit_bias": {str(EOS): -100}}
 
 
-def _server(engine: Engine) -> LmtpServer:
-    return LmtpServer(BatchScheduler(engine, max_batch_size=8), model_info={})
+def _server(engine: Engine) -> LmtpMode:
+    return LmtpMode(BatchScheduler(engine, max_batch_size=8), model_info={})
 
 
-def _serve(server: LmtpServer, ops: list[Any]) -> list[dict[str, Any]]:
+def _serve(server: LmtpMode, ops: list[Any]) -> list[dict[str, Any]]:
     chunks = server.serve(json.dumps(ops))
     return [json.loads(line.split(" ", 1)[1]) for chunk in chunks for line in chunk.splitlines()]
 
@@ -577,7 +577,7 @@ def test_each_prediction_logs_the_prompt_tokens_it_reused(
     first = _serve(server, [["GENERATE", {"prompt": prompt, "max_tokens": 4, **GREEDY}]])
     grown = [*prompt, *(line["token"] for line in first)]
     _serve(server, [["GENERATE", {"prompt": grown, "max_tokens": 4, **GREEDY}]])
-    summaries = [r.getMessage() for r in caplog.records if r.name == "lmtp_runtime.serving"]
+    summaries = [r.getMessage() for r in caplog.records if r.name == "lmtp_runtime.lmtp_mode"]
     assert "; 0 prompt tokens from the prefix cache;" in summaries[0]
     assert f"; {len(prompt) + 3} prompt tokens from the prefix cache;" in summaries[1]
 
@@ -654,6 +654,6 @@ def test_the_predictor_reuses_prefixes_by_default(
         ops = [["GENERATE", {"prompt": [*prompt, *generated], "max_tokens": 4, **GREEDY}]]
         for chunk in predictor.stream(ops_batch_json=json.dumps(ops)):
             generated += [json.loads(line.split(" ", 1)[1])["token"] for line in chunk.splitlines()]
-    summaries = [r.getMessage() for r in caplog.records if r.name == "lmtp_runtime.serving"]
+    summaries = [r.getMessage() for r in caplog.records if r.name == "lmtp_runtime.lmtp_mode"]
     assert f"; {len(prompt) + 3} prompt tokens from the prefix cache;" in summaries[-1]
 

@@ -18,8 +18,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lmtp_runtime.errors import BatchFormatError
 from lmtp_runtime.protocol import (
-    BatchFormatError,
     GenerateOp,
     Limits,
     ModelInfoOp,
@@ -93,19 +93,25 @@ def _check(parsed: list[Any]) -> None:
             assert isinstance(op.error, str) and op.error and "\n" not in op.error
             _strict(error_line(op.stream_id, op.error, kind=op.kind))
         elif isinstance(op, GenerateOp):
-            assert op.prompt and all(0 <= t < LIMITS.vocab_size for t in op.prompt)
-            assert len(op.prompt) <= LIMITS.context_length
-            assert all(0 <= t < LIMITS.vocab_size for t, _ in op.logit_bias)
-            sampling = op.sampling
+            request = op.request
+            assert request.prompt and all(0 <= t < LIMITS.vocab_size for t in request.prompt)
+            assert len(request.prompt) <= LIMITS.context_length
+            assert all(0 <= t < LIMITS.vocab_size for t, _ in request.logit_bias)
+            sampling = request.sampling
             numbers = [sampling.temperature, sampling.top_p, sampling.repetition_penalty]
             numbers += [sampling.presence_penalty, sampling.frequency_penalty]
-            numbers += [bias for _, bias in op.logit_bias]
+            numbers += [bias for _, bias in request.logit_bias]
             assert all(math.isfinite(value) for value in numbers)
-            assert 0 <= sampling.top_k <= LIMITS.vocab_size and op.max_tokens >= 0
-            _strict(token_line(op.stream_id, token=op.prompt[0], logprob=-1.0,
-                               finish_reason=None, top_logprobs={op.prompt[0]: -1.0}))
+            assert 0 <= sampling.top_k <= LIMITS.vocab_size and request.max_tokens >= 0
+            first = request.prompt[0]
+            line = token_line(
+                op.stream_id, token=first, logprob=-1.0, finish_reason=None,
+                top_logprobs={first: -1.0},
+            )
+            _strict(line)
         elif isinstance(op, ScoreOp):
-            assert op.prompt and all(0 <= t < LIMITS.vocab_size for t in (*op.prompt, *op.scored))
+            tokens = (*op.request.prompt, *op.request.scored)
+            assert op.request.prompt and all(0 <= t < LIMITS.vocab_size for t in tokens)
         else:
             assert isinstance(op, ModelInfoOp)
 

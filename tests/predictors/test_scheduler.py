@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 import torch
-from lmtp_runtime.engine import Engine, GenerationStream, ScoreResult, StreamError, TokenEvent
-from lmtp_runtime.protocol import GenerateOp, Sampling, ScoreOp
-from lmtp_runtime.scheduler import BatchScheduler, Job, SchedulerStopped
+from lmtp_runtime.engine import Engine, GenerationStream, ScoreResult, StreamFailed, TokenEvent
+from lmtp_runtime.errors import SchedulerStopped
+from lmtp_runtime.requests import GenerationRequest, SamplingParams, ScoreRequest
+from lmtp_runtime.scheduler import BatchScheduler
 from transformers import AutoModelForCausalLM
 
 TOLERANCE = 1e-4
@@ -46,9 +47,8 @@ def scheduler(model: Any) -> Iterator[BatchScheduler]:
     running.close()
 
 
-def gen_op(prompt: list[int], max_tokens: int, stream_id: int = 1, **args: Any) -> GenerateOp:
-    return GenerateOp(
-        stream_id=stream_id,
+def gen_op(prompt: list[int], max_tokens: int, **args: Any) -> GenerationRequest:
+    return GenerationRequest(
         prompt=tuple(prompt),
         max_tokens=max_tokens,
         logit_bias=NO_EOS,
@@ -68,11 +68,11 @@ Triples = list[tuple[int, float, dict[int, float]]]
 def triples(answers: list[Any]) -> Triples:
     """``(token, logprob, top_logprobs)`` of every token event in ``answers``."""
     events = [event for answer in answers for event in answer]
-    assert not [event for event in events if isinstance(event, StreamError)], events
+    assert not [event for event in events if isinstance(event, StreamFailed)], events
     return [(e.token, e.logprob, e.top_logprobs) for e in events if isinstance(e, TokenEvent)]
 
 
-def alone(model: Any, op: GenerateOp) -> Triples:
+def alone(model: Any, op: GenerationRequest) -> Triples:
     """What ``op`` gives run by itself on an engine without a prefix cache."""
     engine = engine_for(model, prefix_cache_mb=0)
     stream = GenerationStream(op)
@@ -165,7 +165,7 @@ def test_concurrent_predictions_decode_as_one_batch_and_as_each_alone(
         gen_op(
             prompt,
             max_tokens=6,
-            sampling=Sampling(temperature=0.8, seed=row) if row % 2 else Sampling(),
+            sampling=SamplingParams(temperature=0.8, seed=row) if row % 2 else SamplingParams(),
         )
         for row, prompt in enumerate(prompts(4))
     ]
@@ -214,7 +214,7 @@ def test_scores_that_arrive_during_a_generation_are_answered_before_it_ends(
     [prompt] = prompts(1, seed=2)
     generation = scheduler.run(streams=[GenerationStream(gen_op(prompt, 40))])
     next(generation)
-    score_op = ScoreOp(stream_id=9, prompt=tuple(prompt), scored=(5, 6, 7))
+    score_op = ScoreRequest(prompt=tuple(prompt), scored=(5, 6, 7))
     [result] = list(scheduler.run(scores=[score_op]))
     remaining = list(generation)
     assert isinstance(result, ScoreResult) and result.error is None and len(result.logprobs) == 3
@@ -227,7 +227,7 @@ def test_scores_of_concurrent_predictions_share_one_forward_pass(
     model: Any, scheduler: BatchScheduler
 ) -> None:
     [prompt] = prompts(1, seed=3, length=40)
-    ops = [ScoreOp(stream_id=row, prompt=tuple(prompt), scored=(10 + row, 11)) for row in range(6)]
+    ops = [ScoreRequest(prompt=tuple(prompt), scored=(10 + row, 11)) for row in range(6)]
     with recorded(model) as passes, held(model) as gate:
         blocker = scheduler.run(streams=[GenerationStream(gen_op([1, 5, 6], 1))])
         gate.wait(0)
@@ -272,11 +272,10 @@ def test_a_failed_batch_retries_each_prediction_alone(
         if kwargs["input_ids"].shape[0] > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
 
-    jobs = [Job([], []), Job([], [])]
     with held(model) as gate:
-        first = scheduler.run(streams=[GenerationStream(ops[0])], job=jobs[0])
+        first = scheduler.run(streams=[GenerationStream(ops[0])])
         gate.wait(0)
-        second = scheduler.run(streams=[GenerationStream(ops[1])], job=jobs[1])
+        second = scheduler.run(streams=[GenerationStream(ops[1])])
         handle = model.register_forward_pre_hook(fail_batches, with_kwargs=True)
         gate.release[0].set()
         try:
@@ -285,7 +284,7 @@ def test_a_failed_batch_retries_each_prediction_alone(
             handle.remove()
     for op, got in zip(ops, results, strict=True):
         assert_same(got, alone(model, op))
-    assert [job.failures for job in jobs] == [1, 1]
+    assert [submission.failures for submission in (first, second)] == [1, 1]
 
 
 def test_without_a_prefix_cache_newcomers_wait_for_the_running_batch(model: Any) -> None:
@@ -306,7 +305,7 @@ def test_without_a_prefix_cache_newcomers_wait_for_the_running_batch(model: Any)
 def test_more_streams_than_rows_wait_their_turn(model: Any) -> None:
     scheduler = BatchScheduler(engine_for(model), max_batch_size=2)
     try:
-        ops = [gen_op(p, 3, stream_id=row) for row, p in enumerate(prompts(5, seed=7))]
+        ops = [gen_op(p, 3) for p in prompts(5, seed=7)]
         with recorded(model) as passes:
             streams = [GenerationStream(op) for op in ops]
             answers = triples(list(scheduler.run(streams=streams)))

@@ -27,7 +27,8 @@ from lmtp_runtime.detokenize import (
 )
 from lmtp_runtime.predictor import NOT_READY, LmtpPredictor
 from lmtp_runtime.prompt_format import format_prompt
-from lmtp_runtime.text_request import TextInputError, parse_stop_sequences, text_request
+from lmtp_runtime.errors import TextInputError
+from lmtp_runtime.text_request import parse_stop_sequences, text_request
 
 from lmtp_cog.testing.tiny_models import BOS, EOS, PAD
 

@@ -29,16 +29,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import GenerationStream, ScoreResult, StreamError, TokenEvent
-from .errors import describe_exception
+from .engine import GenerationStream, ScoreResult, StreamFailed, TokenEvent
+from .errors import BatchFormatError, describe_exception
+from .metrics import LmtpMetrics, record
 from .protocol import (
-    BatchFormatError,
     GenerateOp,
     Limits,
     ModelInfoOp,
     Op,
     RejectedOp,
     ScoreOp,
+    StreamId,
     batch_error_line,
     error_line,
     join_lines,
@@ -46,8 +47,7 @@ from .protocol import (
     parse_ops_batch,
     token_line,
 )
-from .metrics import LmtpMetrics, record
-from .scheduler import BatchScheduler, Job
+from .scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _Tally:
         )
 
 
-class LmtpServer:
+class LmtpMode:
     """Answers LMTP op batches, any number at once, through one :class:`.BatchScheduler`."""
 
     def __init__(
@@ -122,28 +122,29 @@ class LmtpServer:
         yield from pack_lines(
             self._answer_at_once(op) for op in ops if isinstance(op, RejectedOp | ModelInfoOp)
         )
-        job = Job([], [])
         scores = [op for op in ops if isinstance(op, ScoreOp)]
-        streams = [GenerationStream(op) for op in ops if isinstance(op, GenerateOp)]
+        generates = [op for op in ops if isinstance(op, GenerateOp)]
+        streams = [GenerationStream(op.request) for op in generates]
+        # The engine knows requests, not the client's stream ids (which need not be unique).
+        stream_ids: dict[int, StreamId] = {id(op.request): op.stream_id for op in scores}
+        stream_ids |= {id(s): op.stream_id for s, op in zip(streams, generates, strict=True)}
         metrics = tally.metrics
-        metrics.input_token_count = sum(len(op.prompt) for op in scores) + sum(
-            len(stream.op.prompt) for stream in streams
-        )
-        answers = self.scheduler.run(scores=scores, streams=streams, job=job)
+        metrics.input_token_count = sum(len(op.request.prompt) for op in [*scores, *generates])
+        submission = self.scheduler.run(scores=[op.request for op in scores], streams=streams)
         try:
-            for answer in answers:
+            for answer in submission:
                 if isinstance(answer, ScoreResult):
                     metrics.scored_token_count += len(answer.logprobs)
                     metrics.fed(answer.fed)
-                    lines = _score_lines(answer)
+                    lines = _score_lines(answer, stream_ids[id(answer.request)])
                 else:
                     metrics.output_token_count += sum(isinstance(e, TokenEvent) for e in answer)
-                    lines = [_event_line(event) for event in answer]
+                    lines = [_event_line(event, stream_ids[id(event.stream)]) for event in answer]
                 if lines:
                     yield join_lines(lines)
         finally:
-            answers.close()  # a canceled prediction takes its streams out of the batch
-            tally.failures = job.failures
+            submission.close()  # a canceled prediction takes its streams out of the batch
+            tally.failures = submission.failures
             for stream in streams:
                 metrics.fed(stream.fed)
 
@@ -174,9 +175,8 @@ def _command(op: Op) -> str:
     return names[type(op)]
 
 
-def _event_line(event: TokenEvent | StreamError) -> str:
-    stream_id = event.stream.op.stream_id
-    if isinstance(event, StreamError):
+def _event_line(event: TokenEvent | StreamFailed, stream_id: StreamId) -> str:
+    if isinstance(event, StreamFailed):
         return error_line(stream_id, event.message)
     return token_line(
         stream_id,
@@ -187,8 +187,7 @@ def _event_line(event: TokenEvent | StreamError) -> str:
     )
 
 
-def _score_lines(result: ScoreResult) -> list[str]:
-    stream_id = result.op.stream_id
+def _score_lines(result: ScoreResult, stream_id: StreamId) -> list[str]:
     if result.error is not None:
         return [error_line(stream_id, result.error)]
     last = len(result.logprobs) - 1
@@ -201,6 +200,6 @@ def _score_lines(result: ScoreResult) -> list[str]:
             top_logprobs={token: logprob},
         )
         for index, (token, logprob) in enumerate(
-            zip(result.op.scored, result.logprobs, strict=True)
+            zip(result.request.scored, result.logprobs, strict=True)
         )
     ]
