@@ -4,12 +4,26 @@ One event on the wire is a few ``field: value`` lines and a blank line. A value 
 break, so a multi-line payload becomes one ``data:`` line per line, and the reader joins them with
 ``\\n`` again (the WHATWG rule, which Replicate's stream follows). A payload that ends in a newline,
 as every LMTP chunk does, ends in an empty ``data:`` line, so the round trip is exact.
+
+Which characters end a line is up to the reader. WHATWG says ``\\r\\n``, ``\\r`` and ``\\n``, so a
+raw CR cannot travel inside a ``data:`` line at all. The official ``replicate`` client (1.0, through
+httpx's ``iter_lines``, which is ``str.splitlines``) also ends lines at VT, FF, the separators
+U+001C to U+001E, NEL, U+2028 and U+2029: sent inside a line, each would cut off the rest of it,
+and what follows would be read as a field of its own. So the payload is split at every one of
+these, and such a client reads each as ``\\n``: a stream carries every other character exactly,
+and nothing is lost or misread. (No framing does better for that client: its ``output`` event is
+the joined ``data:`` lines, with nothing to undo an escape.) The prediction itself, ``GET
+/v1/predictions/ID``, keeps the exact text. LMTP chunks never meet this: they are ASCII JSON lines.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+LINE_BREAK = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+"""What ends a line for some reader of the stream: WHATWG's three and ``str.splitlines``' rest."""
 
 
 @dataclass(frozen=True)
@@ -22,12 +36,15 @@ class Event:
 
 
 def format_event(event: Event) -> bytes:
-    """The bytes of one event, ``data`` split into one ``data:`` line per line of the payload."""
+    """The bytes of one event, ``data`` split into one ``data:`` line per line of the payload.
+
+    Lines end at every :data:`LINE_BREAK` (see the module docstring).
+    """
     lines = []
     if event.id is not None:
         lines.append(f"id: {event.id}")
     lines.append(f"event: {event.name}")
-    lines += [f"data: {line}" for line in event.data.split("\n")]
+    lines += [f"data: {line}" for line in LINE_BREAK.split(event.data)]
     return ("\n".join(lines) + "\n\n").encode()
 
 

@@ -135,6 +135,29 @@ def test_replicate_stream_delivers_each_chunk_as_the_model_yields_it(
     assert arrivals[-1][0] == "done"
 
 
+def test_the_replicate_clients_stream_reads_every_line_break_as_a_newline(
+    served: Served, client: replicate.Client
+) -> None:
+    """SSE cannot carry a CR inside a data line, and the client's httpx also ends lines at
+    U+2028 and friends: the stream gives each as ``\\n``, losing nothing else; the prediction
+    itself keeps the exact text."""
+    texts = ["a\rb", "line1\r\n", "x\u2028y\x0bz", "\r\r", "plain, \u00e9t\u00e9 \U0001f600"]
+    ops = [["TEXT", {"text": text}] for text in texts]
+
+    inputs = {"ops_batch_json": json.dumps(ops)}
+
+    events = client.stream(f"someone/{ECHO_MODEL}", input=inputs)
+    streamed = [str(event) for event in events if event.event.value == "output"]
+
+    assert streamed == ["a\nb", "line1\n", "x\ny\nz", "\n\n", "plain, \u00e9t\u00e9 \U0001f600"]
+    created = _create(served, inputs, Prefer="wait")
+    assert created["status"] == "succeeded"
+    assert created["output"] == texts
+    _, fetched = _request(served, "GET", f"/v1/predictions/{created['id']}")
+    assert fetched["output"] == texts
+    assert client.predictions.get(created["id"]).output == texts
+
+
 def test_a_bad_input_is_refused_with_422_by_cogs_schema_check(
     served: Served, client: replicate.Client
 ) -> None:

@@ -44,3 +44,17 @@ def test_comments_are_skipped_and_an_unnamed_event_is_a_message() -> None:
         Event("message", "hello"),
         Event("start", "{}"),
     ]
+
+
+def test_every_line_break_a_client_may_split_at_starts_a_data_line() -> None:
+    """A raw CR cannot travel inside a data line, and the replicate client (httpx) also splits
+    at VT, FF, FS, GS, RS, NEL, LS and PS: each one starts a new ``data:`` line."""
+    text = "a\rb\r\nc\nd\x0be\x0cf\x1cg\x1dh\x1ei\x85j\u2028k\u2029l\r"
+
+    wire = format_event(Event("output", text, "3"))
+
+    data_lines = wire.decode().split("\n")[2:-2]
+    assert data_lines == [f"data: {letter}" for letter in "abcdefghijkl"] + ["data: "]
+    assert b"\r" not in wire
+    (parsed,) = parse_events(_lines(wire))
+    assert parsed.data == "a\nb\nc\nd\ne\nf\ng\nh\ni\nj\nk\nl\n"
