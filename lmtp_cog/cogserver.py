@@ -5,10 +5,22 @@
 schema and the concurrency that ``cog build`` bakes into it, both read from ``predict.py``'s
 source the way cog reads them (:mod:`lmtp_cog.cog_interface`), and nothing else. It waits for
 setup to finish, and stops it again. Used by ``make demo``, the end-to-end tests and ``./serve``.
+
+Each running server writes its own log, ``WORK/_logs/NAME.cog-PORT.log`` beside the project
+folder: a port has one server at a time, so two servers of one project never share (or truncate)
+a file, and the folder's name, which no model can have, keeps it apart from the projects.
+
+The process started here is Cog's HTTP server; it runs the model in a worker process of its own
+(``python -c "import coglet; coglet.server._run_worker()"``). What coglet 0.23.1 reports when that
+worker dies, as seen on ``GET /health-check``: during setup, ``SETUP_FAILED`` with the setup logs
+``"worker crashed"``; once ready, ``UNHEALTHY`` for good (the server itself stays up, fails the
+running prediction with "Worker crashed", answers the next one "Broken pipe" and every later one
+409, its slots poisoned).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,11 +31,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .cog_interface import DeclaredPredictor, openapi_schema, read_predictor
 from .errors import LmtpCogError
+
+LOG_DIR = "_logs"
+"""The folder of the Cog servers' logs, in the folder that holds the project (``work/``). A model
+name starts with a letter or digit, so no project is ever called this."""
+
+HEALTHY = frozenset({"READY", "BUSY"})
+"""``/health-check`` statuses of a server that runs predictions (``BUSY``: every slot is taken)."""
+
+WORKER_CRASHED = "worker crashed"
+"""coglet's setup logs, in full, when its worker process died before setup() ended."""
 
 SCHEMA_PATH = Path(".cog") / "openapi_schema.json"
 """Where ``cog build`` puts the schema in the image, and where coglet reads it (relative to the
@@ -33,6 +56,10 @@ with 503."""
 
 class CogServerError(LmtpCogError):
     """The Cog server did not start, or its setup() failed."""
+
+
+class CogSetupTimeoutError(CogServerError):
+    """setup() did not finish in the time allowed (the server still runs it when this is raised)."""
 
 
 def free_port() -> int:
@@ -68,7 +95,7 @@ class CogServer:
         self.host = host
         self.port = port or free_port()
         self.python = python
-        self.log_path = log_path or project_dir.parent / f".{project_dir.name}.cog-server.log"
+        self.log_path = log_path or default_log_path(project_dir, self.port)
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -89,6 +116,17 @@ class CogServer:
         return path
 
     def start(self) -> CogServer:
+        """Start the server; return at once (:meth:`wait_ready` waits for setup()).
+
+        Raises:
+            CogServerError: the port is taken (checked first, so that the log of the server
+                that holds it is not truncated).
+        """
+        if not _port_is_free(self.host, self.port):
+            raise CogServerError(
+                f"cannot start the Cog server for {self.project_dir.name}: {self.host}:{self.port} "
+                "is in use; choose another port."
+            )
         self.write_schema()  # coglet reads it once, at start-up
         # The server starts its worker with plain `python` from PATH: the interpreter that has
         # coglet must come first, or setup never finishes.
@@ -103,6 +141,7 @@ class CogServer:
             "COG_MAX_CONCURRENCY": str(self.concurrency),
             **self.extra_env,
         }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [self.python, "-m", "cog.server.http", "--host", self.host],
@@ -115,36 +154,68 @@ class CogServer:
         log.close()
         return self
 
-    def wait_ready(self, *, timeout: float = 120.0) -> dict[str, Any]:
-        """Block until setup() finished; raise CogServerError with the model's own error if not."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_ready(
+        self, *, timeout: float = 120.0, on_wait: Callable[[float], None] | None = None
+    ) -> dict[str, Any]:
+        """Block until setup() finished; raise CogServerError with the model's own error if not.
+
+        A server or worker that dies during setup is reported at once, not when the time is up.
+        ``on_wait`` is called with the seconds waited so far about five times a second (./serve
+        shows the setup log with it).
+
+        Raises:
+            CogServerError: the server exited, its worker died, or setup() failed.
+            CogSetupTimeoutError: setup() took longer than ``timeout`` seconds.
+        """
+        started = time.monotonic()
+        while (waited := time.monotonic() - started) < timeout:
+            if on_wait is not None:
+                on_wait(waited)
             if self.process is not None and self.process.poll() is not None:
                 raise CogServerError(
                     f"the Cog server for {self.project_dir.name} exited with status "
-                    f"{self.process.returncode}; see {self.log_path}."
+                    f"{self.process.returncode} before setup() finished; see {self.log_path}."
                 )
             try:
-                health = self.request("GET", "/health-check", timeout=2)
-            except (OSError, urllib.error.URLError):
+                health = self.health()
+            except OSError:
                 time.sleep(0.2)
                 continue
             status = health.get("status")
-            if status == "READY":
+            if status in HEALTHY:
                 return health
             if status == "SETUP_FAILED":
-                logs = (health.get("setup") or {}).get("logs", "").strip()
-                last = logs.splitlines()[-1] if logs else "no logs"
-                # coglet wraps the model's exception in "worker setup failed: ... setup failed: ".
-                last = re.split(r"(?i)\bsetup failed: ", last)[-1]
-                raise CogServerError(
-                    f"setup() of {self.project_dir.name} failed: {last} (full log: {self.log_path})"
-                )
+                raise self._setup_failed(health)
             time.sleep(0.2)
-        raise CogServerError(
-            f"the Cog server for {self.project_dir.name} was not ready after {timeout:.0f} s; "
+        raise CogSetupTimeoutError(
+            f"setup() of {self.project_dir.name} did not finish within {timeout:.0f} s; "
             f"see {self.log_path}."
         )
+
+    def health(self, *, timeout: float = 2.0) -> dict[str, Any]:
+        """Cog's ``GET /health-check``: ``status`` (see :data:`HEALTHY`) and the setup logs.
+
+        Raises:
+            OSError: the server does not answer (``urllib.error.URLError`` is one).
+        """
+        try:
+            health = self.request("GET", "/health-check", timeout=timeout)
+        except ValueError as error:  # not JSON: no coglet
+            raise OSError(f"/health-check did not answer JSON: {error}") from None
+        return health if isinstance(health, dict) else {}
+
+    def _setup_failed(self, health: dict[str, Any]) -> CogServerError:
+        logs = str((health.get("setup") or {}).get("logs") or "").strip()
+        name = self.project_dir.name
+        if logs == WORKER_CRASHED:
+            return CogServerError(
+                f"the Cog worker running setup() of {name} died (killed, out of memory, or a "
+                f"crash in native code); see {self.log_path}."
+            )
+        last = logs.splitlines()[-1] if logs else "no logs"
+        # coglet wraps the model's exception in "worker setup failed: ... setup failed: ".
+        last = re.split(r"(?i)\bsetup failed: ", last)[-1]
+        return CogServerError(f"setup() of {name} failed: {last} (full log: {self.log_path})")
 
     def predict(self, inputs: dict[str, Any], *, timeout: float = 300.0) -> dict[str, Any]:
         """POST /predictions and return Cog's response (``output`` is the list of chunks).
@@ -172,7 +243,13 @@ class CogServer:
             return json.loads(response.read() or b"null")
 
     def stop(self, *, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """Stop the server's whole process group (its worker too)."""
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            # The server died first: its worker may still be there, in the same group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             return
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -188,3 +265,20 @@ class CogServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def default_log_path(project_dir: Path, port: int) -> Path:
+    """``WORK/_logs/NAME.cog-PORT.log``: one file per running server (see the module docstring)."""
+    return project_dir.parent / LOG_DIR / f"{project_dir.name}.cog-{port}.log"
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` (with SO_REUSEADDR, as servers bind: a
+    port whose last connections linger in TIME_WAIT is free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

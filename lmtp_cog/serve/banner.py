@@ -14,6 +14,7 @@ import json
 import shlex
 from pathlib import Path
 
+from .project import read_build_info
 from .service import Served
 
 LITELLM_INPUTS = frozenset({"prompt"})
@@ -38,7 +39,8 @@ def banner(served: Served, *, project_dir: Path, startup_seconds: float) -> str:
                 f"  Replicate-compatible API  {url}  (model {ref}, any owner works;"
                 f" version {model.version_id[:12]}…)",
                 *_lmtp_line(served.lmtp_endpoint),
-                f"  Cog server                {cog.url}  (pid {pid}, {project_dir.resolve()})",
+                f"  Cog server                {cog.url}  (pid {pid})",
+                f"  Build                     {read_build_info(project_dir).describe()}",
                 f"  Logs                      model and Cog server: {cog.log_path.resolve()}",
                 "                            API requests: this terminal",
             ]

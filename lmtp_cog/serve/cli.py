@@ -1,5 +1,12 @@
 """``./serve NAME``: argument parsing, the banner, signals and error printing; the work is in
-:mod:`.service`."""
+:mod:`.service`.
+
+What it prints, in order: which build it serves, that the Cog server starts (with its log), the
+lines ``setup()`` prints as it loads the model (and, when it is quiet for long, that it still
+runs), then the banner. If the Cog server or its worker dies, before or after the banner, one
+``error:`` line says so and names the log, and ./serve exits with status 1 (it does not restart
+the server).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,20 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from ..cogserver import CogServer
+from ..cogserver import CogServer, CogSetupTimeoutError
 from ..errors import LmtpCogError
 from .banner import banner
 from .errors import ServeError
 from .lmtp_websocket import LMQL_DEFAULT_PORT
-from .project import find_project
-from .service import DEFAULT_HOST, DEFAULT_SETUP_TIMEOUT, serve_project
+from .project import find_project, read_build_info
+from .service import DEFAULT_HOST, DEFAULT_SETUP_TIMEOUT, Served, serve_project
+from .setup_log import DEFAULT_QUIET_SECONDS, SetupProgress
 
 EXIT_ERROR = 1
 DEFAULT_PORT = 8000
@@ -75,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--setup-timeout", type=float, default=DEFAULT_SETUP_TIMEOUT, metavar="SECONDS",
         help=f"how long the model's setup() may take (default: {DEFAULT_SETUP_TIMEOUT:.0f})",
     )
+    parser.add_argument(
+        "--quiet-setup-seconds", type=float, default=DEFAULT_QUIET_SECONDS, metavar="SECONDS",
+        help=(
+            "while setup() runs, say that it still does after this many seconds without a line "
+            f"from it (default: {DEFAULT_QUIET_SECONDS:.0f})"
+        ),
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
     return parser
 
@@ -104,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> NoReturn:
     """Serve until a signal stops it (``_Stop``) or the Cog server dies (``ServeError``)."""
     project = find_project(args.work_dir, args.name)
+    _say(f"serving {read_build_info(project).describe()}")
     started = time.monotonic()
+    progress: list[SetupProgress] = []
 
     def announce(cog: CogServer) -> None:
         pid = cog.process.pid if cog.process is not None else "?"
@@ -112,30 +128,46 @@ def _serve(args: argparse.Namespace) -> NoReturn:
             f"starting the Cog server (pid {pid}) for {args.name}; setup() loads the model "
             f"(log: {cog.log_path})"
         )
-
-    with serve_project(
-        project,
-        host=args.host,
-        port=args.port,
-        cog_port=args.cog_port,
-        lmtp_port=args.lmtp_port,
-        setup_timeout=args.setup_timeout,
-        on_cog_started=announce,
-    ) as served:
-        _say(banner(served, project_dir=project, startup_seconds=time.monotonic() - started))
-        status = _wait_for_exit(served.cog)
-        raise ServeError(
-            f"the Cog server of {args.name} exited with status {status} while serving; "
-            f"see {served.cog.log_path}."
+        progress.append(
+            SetupProgress(cog.log_path, say=_say, quiet_seconds=args.quiet_setup_seconds)
         )
 
+    def setup_wait(waited: float) -> None:
+        for shown in progress:
+            shown(waited)
 
-def _wait_for_exit(cog: CogServer) -> int | None:
-    """Block until the Cog server's process ends (signals still interrupt); its exit status."""
-    tick = threading.Event()
-    while cog.process is not None and cog.process.poll() is None:
-        tick.wait(0.5)
-    return cog.process.returncode if cog.process is not None else None
+    try:
+        with serve_project(
+            project,
+            host=args.host,
+            port=args.port,
+            cog_port=args.cog_port,
+            lmtp_port=args.lmtp_port,
+            setup_timeout=args.setup_timeout,
+            on_cog_started=announce,
+            on_setup_wait=setup_wait,
+        ) as served:
+            for shown in progress:
+                shown.flush()
+            _say(banner(served, project_dir=project, startup_seconds=time.monotonic() - started))
+            raise ServeError(_wait_until_down(served))
+    except CogSetupTimeoutError:
+        log_path = progress[0].log_path if progress else "the Cog server's log"
+        raise ServeError(
+            f"setup() of {args.name} did not finish within {args.setup_timeout:g} s (allow it "
+            f"more with --setup-timeout SECONDS); see {log_path}."
+        ) from None
+    finally:
+        for shown in progress:
+            shown.flush()
+
+
+def _wait_until_down(served: Served) -> str:
+    """Block until the Cog server or its worker died (signals still interrupt); why."""
+    while True:
+        why = served.wait_until_down(timeout=0.5)
+        if why is not None:
+            return why
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:

@@ -31,7 +31,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .lmtp_frames import Command, FrameError, answer_messages, frame_error_message, parse_command
 from .prediction import Prediction
 from .project import ServedModel
-from .runner import CogRefused, PredictionRunner
+from .runner import CogDown, CogRefused, PredictionRunner
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ whole prompt and a ``logit_bias`` mask that can cover much of the vocabulary: ab
 
 CLOSE_TIMEOUT = 5.0
 """Seconds a closing websocket waits for the client's close frame."""
+
+DRAIN_TIMEOUT = 2.0
+"""Seconds a server going away gives a connection to send the messages already queued."""
 
 STOP_TIMEOUT = 30.0
 """Seconds :meth:`LmtpWebsocketServer.stop` waits for the connections to close."""
@@ -149,12 +152,7 @@ class LmtpWebsocketServer:
     async def _close_connections(self, app: web.Application) -> None:
         # At once: each close waits up to CLOSE_TIMEOUT for its client, and LMQL leaves the
         # connections of finished queries open, some of them with nobody left to answer.
-        await asyncio.gather(
-            *(
-                connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
-                for connection in list(self._connections)
-            )
-        )
+        await asyncio.gather(*(connection.shut() for connection in list(self._connections)))
 
 
 class _Connection:
@@ -186,6 +184,15 @@ class _Connection:
         )
         thread.start()
 
+    async def shut(self) -> None:
+        """Send what is queued (e.g. the errors of predictions failed because Cog died), then close
+        the websocket as a server going away."""
+        try:
+            await asyncio.wait_for(self._outbox.join(), timeout=DRAIN_TIMEOUT)
+        except TimeoutError:
+            log.warning("an LMTP websocket client did not take its last messages")
+        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
     async def close(self) -> int:
         """Stop sending and cancel the unfinished predictions; how many there were."""
         self._closed.set()
@@ -211,6 +218,9 @@ class _Connection:
             self._runner.submit(prediction)
         except CogRefused as refused:
             self._send(command.error_message(f"the Cog server refused the command: {refused.body}"))
+            return
+        except CogDown as down:
+            self._send(command.error_message(str(down)))
             return
         except OSError as error:
             self._send(command.error_message(f"the Cog server cannot be reached: {error}"))
@@ -251,7 +261,16 @@ class _Connection:
             try:
                 await self.ws.send_str(message)
             except ConnectionError:
+                self._drop_outbox()
                 return  # the client is gone; close() follows
+            finally:
+                self._outbox.task_done()
+
+    def _drop_outbox(self) -> None:
+        """Forget what was queued for a client that left, so that nobody waits to send it."""
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+            self._outbox.task_done()
 
 
 def _new_prediction_id() -> str:

@@ -117,26 +117,30 @@ class Prediction:
 
         Yields ``None`` when nothing happened for ``keepalive`` seconds (the caller writes a
         comment, which also tells it whether the client is still there). Ends early when ``stop``
-        is set, so that a server shutting down does not wait for its streams.
+        is set, so that a server shutting down does not wait for its streams; the events already
+        recorded are still sent then (a prediction failed because Cog died ends with its error).
         """
         position = after + 1
         quiet_since = time.monotonic()
-        while not stop.is_set():
+        while True:
+            stopping = stop.is_set()
             with self._changed:
-                # Wake at least once a second to notice `stop`.
-                self._changed.wait_for(lambda: len(self._events) > position, timeout=1.0)
+                if not stopping:
+                    # Wake at least once a second to notice `stop`.
+                    self._changed.wait_for(lambda: len(self._events) > position, timeout=1.0)
                 new = self._events[position:]
-            if not new:
-                if time.monotonic() - quiet_since >= keepalive:
-                    quiet_since = time.monotonic()
-                    yield None
-                continue
-            quiet_since = time.monotonic()
             for event in new:
                 yield event
                 if event.name == "done":
                     return
+            if stopping:
+                return
             position += len(new)
+            if new:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= keepalive:
+                quiet_since = time.monotonic()
+                yield None
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         """The prediction object of Replicate's HTTP API; URLs are built on ``base_url``."""

@@ -5,6 +5,10 @@ and the owner come from ``model_settings.json`` (the owner is the account of the
 ``r8.im/ACCOUNT/NAME``, or ``local`` for a model without one), and the version id is a digest of
 the settings and the OpenAPI schema: the same build keeps its id across restarts, and a rebuild
 that changes either gets a new one.
+
+./serve also says which build it serves (:class:`BuildInfo`): the folder, when it was built (the
+time ``./build`` wrote ``model_settings.json``), and the weights' source as the build locked it
+(``huggingface.repo`` and ``huggingface.commit``, which is ``null`` for a local folder).
 """
 
 from __future__ import annotations
@@ -12,16 +16,69 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..names import model_name_problem
 from ..settings import SETTINGS_FILE
-from .errors import ProjectNotFoundError
+from .errors import ProjectNotFoundError, ServeError
 from .prediction import iso_time
 
 LOCAL_OWNER = "local"
 """The owner shown for a model built without ``dest_prefix``; any owner is accepted anyway."""
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """Which build of a model is served: its folder, its build time and its weights' source."""
+
+    project_dir: Path
+    built_at: float
+    """When ``model_settings.json`` was written (a POSIX timestamp)."""
+    repo: str | None
+    """``huggingface.repo`` as configured: a Hub id or a local folder; ``None`` if not recorded."""
+    commit: str | None
+    """The Hub commit the build locked; ``None`` for a local folder (or if not recorded)."""
+
+    def describe(self) -> str:
+        """One line for the terminal, e.g. ``work/m, built 2025-01-02 10:00:00 +0100, from
+        meta-llama/Llama-2-7b-hf at commit 01c7f73...``."""
+        built = datetime.fromtimestamp(self.built_at).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+        if self.repo is None:
+            source = "its weights' source is not recorded"
+        elif self.commit is None:
+            source = f"from {self.repo} (a local folder: no commit)"
+        else:
+            source = f"from {self.repo} at commit {self.commit}"
+        return f"{self.project_dir.resolve()}, built {built}, {source}"
+
+
+def read_build_info(project_dir: Path) -> BuildInfo:
+    """The :class:`BuildInfo` of a project.
+
+    Raises:
+        ServeError: its ``model_settings.json`` cannot be read, or is not a JSON object.
+    """
+    settings_path = project_dir / SETTINGS_FILE
+    try:
+        settings = json.loads(settings_path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise ServeError(f"cannot read {settings_path} ({error}): run ./build again.") from None
+    if not isinstance(settings, dict):
+        raise ServeError(f"{settings_path} is not a JSON object: run ./build again.")
+    source = settings.get("huggingface")
+    source = source if isinstance(source, dict) else {}
+    return BuildInfo(
+        project_dir=project_dir,
+        built_at=settings_path.stat().st_mtime,
+        repo=_text_or_none(source.get("repo")),
+        commit=_text_or_none(source.get("commit")),
+    )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True)

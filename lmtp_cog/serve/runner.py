@@ -9,6 +9,10 @@ prediction ends, and every ``retry_interval`` seconds while Cog still says 409 (
 a moment after its ``completed`` event; a 409 costs about a millisecond). So predictions start in
 the order they came, but for a newcomer landing in that very moment, and each stream carries only
 its own prediction's events.
+
+When the Cog server dies (:mod:`.health` notices), :meth:`PredictionRunner.fail_all` fails every
+prediction queued or running here with the reason, and every later one is refused at once
+(:class:`CogDown`): nothing waits for a server that will never answer.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ class CogRefused(Exception):
         self.body = body
 
 
+class CogDown(ConnectionError):
+    """The Cog server died; ``str()`` is the one sentence that says so (and names its log)."""
+
+
 class PredictionRunner:
     """Feeds predictions to one Cog server and copies its events into them."""
 
@@ -42,26 +50,49 @@ class PredictionRunner:
         self._retry_interval = retry_interval
         self._turn = threading.Condition()
         self._queue: deque[Prediction] = deque()
-        self._on_cog: set[str] = set()
+        self._on_cog: dict[str, Prediction] = {}
+        self._down: str | None = None
 
     def submit(self, prediction: Prediction) -> None:
         """Start ``prediction`` on Cog, or queue it; return once Cog has accepted its input.
 
         Raises:
             CogRefused: Cog refused the prediction (422 for an input that fails the schema).
+            CogDown: the Cog server died (:meth:`fail_all` said so).
             OSError: the Cog server cannot be reached.
         """
+        self._check_up()
         answer = self._cog.start(prediction.id, prediction.input)
         if isinstance(answer, Rejected):
             raise CogRefused(answer.status, answer.body)
+        with self._turn:
+            if self._down is not None:  # died while Cog was being asked
+                if isinstance(answer, Started):
+                    answer.close()
+                raise CogDown(self._down)
+            if isinstance(answer, Started):
+                self._on_cog[prediction.id] = prediction
+            else:
+                self._queue.append(prediction)
         if isinstance(answer, Started):
-            with self._turn:
-                self._on_cog.add(prediction.id)
             self._spawn(self._follow, prediction, answer)
         else:
-            with self._turn:
-                self._queue.append(prediction)
             self._spawn(self._wait_then_follow, prediction)
+
+    def fail_all(self, why: str) -> None:
+        """The Cog server is dead: fail what is queued or running with ``why``; refuse the rest."""
+        with self._turn:
+            self._down = why
+            doomed = [*self._queue, *self._on_cog.values()]
+            self._queue.clear()
+            self._turn.notify_all()
+        for prediction in doomed:
+            prediction.finish("failed", error=why)
+
+    def _check_up(self) -> None:
+        with self._turn:
+            if self._down is not None:
+                raise CogDown(self._down)
 
     def cancel(self, prediction: Prediction) -> None:
         """Cancel a queued prediction here, or a running one on Cog; leave a finished one."""
@@ -83,6 +114,8 @@ class PredictionRunner:
         with self._turn:
             queued = list(self._queue)
             running = list(self._on_cog)
+            if self._down is not None:
+                return  # fail_all() ended them, and there is nobody left to cancel them on
         for prediction in queued:
             self.cancel(prediction)
         for prediction_id in running:
@@ -115,7 +148,7 @@ class PredictionRunner:
                     self._turn.wait(timeout=self._retry_interval)
             self._queue.popleft()
             if isinstance(answer, Started):
-                self._on_cog.add(prediction.id)
+                self._on_cog[prediction.id] = prediction
             self._turn.notify_all()
         if isinstance(answer, Started):
             self._follow(prediction, answer)
@@ -141,7 +174,8 @@ class PredictionRunner:
                     self._complete(prediction, data)
                     break
         except OSError as error:
-            log.warning("lost the Cog stream of %s: %s", prediction.id, error)
+            if not prediction.done:  # else fail_all() already said why
+                log.warning("lost the Cog stream of %s: %s", prediction.id, error)
         finally:
             started.close()
             if not prediction.done:
@@ -149,7 +183,7 @@ class PredictionRunner:
                     "failed", error="the Cog server closed the stream before the prediction ended"
                 )
             with self._turn:
-                self._on_cog.discard(prediction.id)
+                self._on_cog.pop(prediction.id, None)
                 self._turn.notify_all()
 
     @staticmethod

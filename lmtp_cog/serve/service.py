@@ -6,9 +6,12 @@ before minutes of model loading, not after. The Cog server gets the OpenAPI sche
 concurrency ``cog build`` would bake into the image, read from ``predict.py``'s source
 (:class:`~lmtp_cog.cogserver.CogServer`); the version the API shows carries the same schema. Both
 endpoints answer only once ``setup()`` finished;
-requests that arrive earlier wait in the sockets' backlogs. On the way out the websocket endpoint
-stops first (its clients' predictions are canceled), then the API (ending its streams and
-canceling what runs), then the Cog server's process group.
+requests that arrive earlier wait in the sockets' backlogs. While serving, a
+:class:`~.health.CogWatch` watches the Cog server: if it or its worker dies, every prediction
+queued or running fails with the reason at once, and :meth:`Served.wait_until_down` returns it.
+On the way out the watch stops, then the websocket endpoint (its clients' predictions are
+canceled), then the API (ending its streams and canceling what runs), then the Cog server's
+process group.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..cog_interface import openapi_schema
 from ..cogserver import CogServer
 from .cog_client import CogClient
 from .errors import ServeError
+from .health import CogWatch
 from .lmtp_websocket import LmtpWebsocketServer
 from .project import ServedModel, load_served_model
 from .replicate_api import ReplicateApi, ReplicateApiServer
@@ -42,8 +46,17 @@ class Served:
     model: ServedModel
     cog: CogServer
     api: ReplicateApiServer
+    watch: CogWatch
     lmtp: LmtpWebsocketServer | None = None
     """LMQL's native endpoint; ``None`` when served without it."""
+
+    def wait_until_down(self, timeout: float | None = None) -> str | None:
+        """Block until the Cog server or its worker died; why, in one sentence naming the log.
+
+        ``None`` if ``timeout`` seconds passed first. Every prediction queued or running has
+        failed with that reason by the time this returns.
+        """
+        return self.watch.wait(timeout)
 
     @property
     def api_url(self) -> str:
@@ -66,6 +79,7 @@ def serve_project(
     python: str = sys.executable,
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT,
     on_cog_started: Callable[[CogServer], None] | None = None,
+    on_setup_wait: Callable[[float], None] | None = None,
 ) -> Iterator[Served]:
     """Serve ``project_dir`` until the block ends; every server is stopped on the way out.
 
@@ -80,13 +94,16 @@ def serve_project(
         python: The interpreter with cog and the model's packages (the venv's).
         setup_timeout: Seconds the model's ``setup()`` may take.
         on_cog_started: Called once the Cog server process runs, before ``setup()`` finished.
+        on_setup_wait: Called about five times a second while ``setup()`` runs, with the seconds
+            waited so far (./serve shows the setup log with it).
 
     Raises:
         ServeError: the API cannot listen on ``host:port``, or the websocket endpoint on
             ``host:lmtp_port``.
         CogInterfaceError: ``predict.py`` does not declare its interface the way ``cog build``
             reads it.
-        CogServerError: the Cog server did not start, or ``setup()`` failed (the model's error).
+        CogServerError: the Cog server did not start, or ``setup()`` failed (the model's error),
+            or did not finish in ``setup_timeout`` seconds (``CogSetupTimeoutError``).
     """
     cog = CogServer(project_dir, port=cog_port, python=python)
     model = load_served_model(project_dir, openapi_schema(cog.interface))
@@ -99,14 +116,16 @@ def serve_project(
         with cog:
             if on_cog_started is not None:
                 on_cog_started(cog)
-            cog.wait_ready(timeout=setup_timeout)
+            cog.wait_ready(timeout=setup_timeout, on_wait=on_setup_wait)
+            watch = CogWatch(cog, on_death=runner.fail_all).start()
             thread = threading.Thread(target=api.serve_forever, name="replicate-api", daemon=True)
             thread.start()
             if lmtp is not None:
                 lmtp.start()
             try:
-                yield Served(model=model, cog=cog, api=api, lmtp=lmtp)
+                yield Served(model=model, cog=cog, api=api, watch=watch, lmtp=lmtp)
             finally:
+                watch.stop()
                 if lmtp is not None:
                     lmtp.stop()
                 api.shutdown()

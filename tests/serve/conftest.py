@@ -1,9 +1,10 @@
 """Fixtures of the ./serve tests: stand-in Cog projects copied into a temporary work/ folder.
 
 ``fixtures/`` holds one small Cog project per scenario, named for what it exercises:
-``echo_model`` (a fake LMTP model with predictable, slow-able output) and ``setup_fails`` (its
-``setup()`` raises). Tests copy them, because serving writes ``.cog/openapi_schema.json`` and a
-log file next to the project.
+``echo_model`` (a fake LMTP model with predictable, slow-able output, whose ``setup()`` can also
+be made slow or die, see its ``ECHO_SETUP``) and ``setup_fails`` (its ``setup()`` raises). Tests
+copy them, because serving writes ``.cog/openapi_schema.json`` into the project and the Cog
+server's log into ``work/_logs/``.
 """
 
 from __future__ import annotations
