@@ -77,7 +77,7 @@ class OursBackend:
         from lmtp_runtime.predictor import LmtpPredictor
 
         self._predictor = LmtpPredictor.from_settings(ours_settings(checkpoint_dir))
-        self.concurrency = self._predictor.settings.concurrency
+        self.concurrency = self._predictor.settings.serve.concurrency
 
     def predict(self, ops: Ops) -> Iterator[str]:
         return iter(self._predictor.stream(ops_batch_json=json.dumps(ops)))

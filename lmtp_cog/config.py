@@ -19,6 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmtp_runtime.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BATCH_SIZE,
+    TORCH_DTYPES,
+)
+
 from lmtp_cog.errors import ConfigError, ConfigErrors, ConfigNotFoundError
 from lmtp_cog.names import (
     hub_repo_id_problem,
@@ -30,7 +36,6 @@ PLACEHOLDER_DEST_PREFIX = "r8.im/YOURACCOUNT/"
 """What config.toml.example ships with: accepted, and means "no account yet, don't push"."""
 
 REGISTRY = "r8.im"
-TORCH_DTYPES = ("float16", "bfloat16", "float32", "auto")
 PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
 """The Python versions the predictor runtime supports in the Cog image."""
 COG_SDK_VERSION = "0.23.1"
@@ -82,9 +87,9 @@ class ModelArgs:
     device_map: str | None = None
     """Passed to ``from_pretrained``; ``None`` means ``"auto"`` on GPU."""
     attn_implementation: str | None = None
-    max_batch_size: int = 8
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """Most LMTP streams computed in one forward pass."""
-    concurrency: int = 8
+    concurrency: int = DEFAULT_CONCURRENCY
     """Most predictions one container runs at once; their work shares forward passes."""
     prefix_cache_mb: int | None = None
     """MiB of KV cache kept across predictions for prompts sharing a prefix; 0 turns reuse off.

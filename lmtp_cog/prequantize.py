@@ -26,21 +26,22 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from lmtp_runtime.settings import read_settings
 
 from lmtp_cog.checkpoints import link_checkpoints
 from lmtp_cog.config import ModelSpec
 from lmtp_cog.errors import BuildError
 from lmtp_cog.resolution import ResolvedModel
-from lmtp_cog.units import human_size
 from lmtp_cog.settings import (
     CHECKPOINT_DIR,
     SETTINGS_FILE,
-    prequantized_settings,
-    settings_text,
+    prequantized,
 )
+from lmtp_cog.units import human_size
 
 MARKER = ".prequantized-from.json"
 """In ``checkpoints/``: what the quantized files there were made from."""
@@ -201,7 +202,9 @@ def _quantize(project: Path, *, model: ModelSpec) -> str:
     done = subprocess.run(
         [sys.executable, "-c", _QUANTIZE_SCRIPT, str(project / SETTINGS_FILE), str(out)],
         cwd=project,
-        env={**os.environ, "PYTHONPATH": str(project), "HF_HUB_OFFLINE": "1"},
+        # The staged runtime first; what the environment adds (packages installed beside the
+        # interpreter's own, as on a GPU machine) stays after it.
+        env={**os.environ, "PYTHONPATH": _search_path(project), "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
         check=False,
@@ -244,9 +247,15 @@ def _write_marker(checkpoints: Path, *, inputs: dict[str, Any], device: str) -> 
     (checkpoints / MARKER).write_text(text, encoding="utf-8")
 
 
+def _search_path(project: Path) -> str:
+    inherited = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([str(project), inherited]) if inherited else str(project)
+
+
 def _mark_settings(path: Path) -> None:
-    settings = json.loads(path.read_text(encoding="utf-8"))
-    path.write_text(settings_text(prequantized_settings(settings)), encoding="utf-8")
+    # read_settings makes checkpoint_dir absolute; the project keeps it relative.
+    settings = replace(read_settings(path), checkpoint_dir=Path(CHECKPOINT_DIR))
+    path.write_text(prequantized(settings).to_json(), encoding="utf-8")
 
 
 def _files_of(root: Path) -> dict[str, Path]:

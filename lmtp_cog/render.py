@@ -22,7 +22,7 @@ from typing import Any
 
 import jinja2
 from lmtp_runtime.inputs import RUN_INPUTS, CogInput, InputValue
-from lmtp_runtime.settings import describe_arguments
+from lmtp_runtime.settings import ModelSettings, describe_arguments
 
 from lmtp_cog import __version__, paths
 from lmtp_cog.cog_interface import PREDICTOR_REF, parse_predictor
@@ -34,7 +34,6 @@ from lmtp_cog.settings import (
     SETTINGS_FILE,
     model_settings,
     published_repo,
-    settings_text,
 )
 from lmtp_cog.units import human_size
 
@@ -105,7 +104,7 @@ def render_project(
     }
     texts[PREDICT_PY] = render_predict_py(concurrency=model.args.concurrency)
     _check_interface(texts[PREDICT_PY], model=model, path=out_dir / PREDICT_PY)
-    texts[SETTINGS_FILE] = settings_text(settings)
+    texts[SETTINGS_FILE] = settings.to_json()
     if with_push:
         texts[PUSH_SCRIPT] = environment.get_template(PUSH_TEMPLATE).render(context)
     _check_runtime(runtime_dir)
@@ -176,10 +175,10 @@ def _template_context(
     config: ProjectConfig,
     model: ModelSpec,
     resolved: ResolvedModel,
-    settings: dict[str, Any],
+    settings: ModelSettings,
 ) -> dict[str, Any]:
     """Everything the templates may use; they compute nothing themselves."""
-    destination = settings["destination"]
+    destination = settings.destination
     # Replicate calls a model OWNER/NAME: the destination without its registry host.
     replicate_model = (
         destination.partition("/")[2] if destination is not None else f"ACCOUNT/{model.name}"
@@ -202,9 +201,9 @@ def _template_context(
             "commit": resolved.commit,
             "url": None if is_local else f"https://huggingface.co/{resolved.repo}",
         },
-        "load": settings["load"],
+        "load": settings.load,
         "from_pretrained": describe_arguments(dict(model.args.from_pretrained)),
-        "serve": settings["serve"],
+        "serve": settings.serve,
         "quantization_label": _QUANTIZATION_LABELS[model.args.quantization],
         "checkpoint": {
             "files": len(resolved.files),

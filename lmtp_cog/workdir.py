@@ -16,7 +16,6 @@ with nothing changed rewrites nothing.
 from __future__ import annotations
 
 import filecmp
-import json
 import os
 import shutil
 import tempfile
@@ -24,9 +23,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lmtp_runtime.errors import SettingsError
+from lmtp_runtime.settings import SETTINGS_FILE, read_settings
+
 from .errors import BuildError
 from .render import GENERATED_ENTRIES
-from .settings import SETTINGS_FILE
 
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".old-"
@@ -57,15 +58,10 @@ def is_generated_project(folder: Path) -> bool:
     anything else (no file, not JSON, another name) is a folder the builder did not make.
     """
     try:
-        settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        settings = read_settings(folder / SETTINGS_FILE)
+    except SettingsError:
         return False
-    return (
-        isinstance(settings, dict)
-        and settings.get("name") == folder.name
-        and isinstance(settings.get("lmtp_cog_version"), str)
-        and isinstance(settings.get("format"), int)
-    )
+    return settings.name == folder.name and settings.lmtp_cog_version is not None
 
 
 def check_target(target: Path, *, force: bool) -> None:

@@ -20,8 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lmtp_runtime.errors import SettingsError
+from lmtp_runtime.settings import SETTINGS_FILE, ModelSettings, read_settings
+
 from ..names import model_name_problem
-from ..settings import SETTINGS_FILE
 from .errors import ProjectNotFoundError, ServeError
 from .prediction import iso_time
 
@@ -61,24 +63,20 @@ def read_build_info(project_dir: Path) -> BuildInfo:
         ServeError: its ``model_settings.json`` cannot be read, or is not a JSON object.
     """
     settings_path = project_dir / SETTINGS_FILE
-    try:
-        settings = json.loads(settings_path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise ServeError(f"cannot read {settings_path} ({error}): run ./build again.") from None
-    if not isinstance(settings, dict):
-        raise ServeError(f"{settings_path} is not a JSON object: run ./build again.")
-    source = settings.get("huggingface")
-    source = source if isinstance(source, dict) else {}
+    settings = _read(settings_path)
     return BuildInfo(
         project_dir=project_dir,
         built_at=settings_path.stat().st_mtime,
-        repo=_text_or_none(source.get("repo")),
-        commit=_text_or_none(source.get("commit")),
+        repo=settings.huggingface.repo or None,
+        commit=settings.huggingface.commit or None,
     )
 
 
-def _text_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _read(settings_path: Path) -> ModelSettings:
+    try:
+        return read_settings(settings_path)
+    except SettingsError as error:
+        raise ServeError(f"{error.args[0].rstrip('.')}: run ./build again.") from None
 
 
 @dataclass(frozen=True)
@@ -124,16 +122,15 @@ def _is_project(folder: Path) -> bool:
 def load_served_model(project_dir: Path, openapi_schema: dict[str, Any]) -> ServedModel:
     """The model of ``project_dir``, once its OpenAPI schema has been written."""
     settings_path = project_dir / SETTINGS_FILE
-    settings_bytes = settings_path.read_bytes()
-    settings = json.loads(settings_bytes)
-    destination = settings.get("destination")
+    settings = _read(settings_path)
+    destination = settings.destination
     owner = destination.split("/")[-2] if destination else LOCAL_OWNER
-    digest = hashlib.sha256(settings_bytes)
+    digest = hashlib.sha256(settings_path.read_bytes())
     digest.update(json.dumps(openapi_schema, sort_keys=True).encode())
     created = settings_path.stat().st_mtime
     return ServedModel(
         owner=owner,
-        name=settings.get("name") or project_dir.name,
+        name=settings.name,
         version_id=digest.hexdigest(),
         openapi_schema=openapi_schema,
         created_at=iso_time(created),

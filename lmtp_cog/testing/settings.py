@@ -6,6 +6,7 @@ whole build; this gives them exactly the document ``./build`` would write for a 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,14 @@ def local_model_settings(
         log_predictions=log_predictions,
     )
     model = ModelSpec(name=name, source=HuggingFaceSource(repo=repo, revision=revision), args=args)
-    settings = model_settings(
-        config=ProjectConfig(path=checkpoint_dir / "config.toml", dest_prefix=None, models=(model,)),
-        model=model,
-        resolved=ResolvedModel(name=name, repo=repo, revision=revision, commit=commit, files=()),
+    settings = json.loads(
+        model_settings(
+            config=ProjectConfig(
+                path=checkpoint_dir / "config.toml", dest_prefix=None, models=(model,)
+            ),
+            model=model,
+            resolved=ResolvedModel(name=name, repo=repo, revision=revision, commit=commit, files=()),
+        ).to_json()
     )
     settings["checkpoint_dir"] = str(checkpoint_dir)
     settings["load"].update(load)

@@ -92,7 +92,7 @@ def describe_model(
         "context_length": context_length,
         "eos_token_ids": list(eos_token_ids),
         "bos_token_id": getattr(loaded.tokenizer, "bos_token_id", None),
-        "max_batch_size": settings.max_batch_size,
+        "max_batch_size": settings.serve.max_batch_size,
         "versions": {
             "lmtp_runtime": __version__,
             "lmtp_cog": settings.lmtp_cog_version,

@@ -117,8 +117,8 @@ class LmtpPredictor:
                 loaded.model,
                 context_length=window,
                 eos_token_ids=eos,
-                prefix_cache_mb=settings.prefix_cache_mb,
-                prefix_cache_gpu_share=settings.prefix_cache_gpu_share,
+                prefix_cache_mb=settings.serve.prefix_cache_mb,
+                prefix_cache_gpu_share=settings.serve.prefix_cache_gpu_share,
             )
         except RuntimeSetupError:
             raise
@@ -131,9 +131,9 @@ class LmtpPredictor:
             settings, loaded, vocab_size=engine.vocab_size, context_length=window, eos_token_ids=eos
         )
         self.settings, self.model, self.tokenizer = settings, loaded.model, loaded.tokenizer
-        scheduler = BatchScheduler(engine, max_batch_size=settings.max_batch_size)
+        scheduler = BatchScheduler(engine, max_batch_size=settings.serve.max_batch_size)
         self._server = LmtpMode(
-            scheduler, model_info=info, log_predictions=settings.log_predictions
+            scheduler, model_info=info, log_predictions=settings.serve.log_predictions
         )
         self._text = TextMode(scheduler, loaded.tokenizer)
         log.info(
@@ -142,8 +142,8 @@ class LmtpPredictor:
             engine.vocab_size,
             window,
             list(eos),
-            settings.max_batch_size,
-            settings.concurrency,
+            settings.serve.max_batch_size,
+            settings.serve.concurrency,
         )
 
     def stream(self, **inputs: InputValue) -> Iterator[str]:

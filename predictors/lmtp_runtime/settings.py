@@ -1,9 +1,13 @@
-"""Read ``model_settings.json``, the builder's hand-over to the predictor, into frozen dataclasses.
+"""``model_settings.json``: the one schema of a model's settings, its one reader and writer.
 
-The builder writes the file next to ``predict.py``; the runtime reads nothing else about the
-model it serves. Unknown keys are ignored, so a newer builder can add fields without breaking an
-older runtime; known keys are checked, because a wrong value would otherwise surface as an
-obscure failure deep inside ``from_pretrained``.
+The builder constructs a :class:`ModelSettings` and writes it with :meth:`ModelSettings.to_json`
+next to ``predict.py``; the runtime, ``./serve`` and the ``push`` script read it back with
+:func:`read_settings`, and nothing parses the file by hand. The JSON has the dataclasses' shape
+(``{"load": {...}, "serve": {...}}``) and the defaults live here only.
+
+Unknown keys are ignored, so a newer builder can add fields without breaking an older runtime;
+known keys are checked, because a wrong value would otherwise surface as an obscure failure deep
+inside ``from_pretrained``. Stdlib only: the builder and ``push`` import it without torch.
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import SettingsError
 
 SETTINGS_FORMAT = 1
+"""Changes only when a key changes meaning or disappears, so a runtime can refuse a file it does
+not understand."""
+SETTINGS_FILE = "model_settings.json"
+"""The file's name, beside ``predict.py`` in a generated project."""
 QUANTIZATIONS = ("none", "8bit", "4bit")
 TORCH_DTYPES = ("float16", "bfloat16", "float32", "auto")
 DEFAULT_MAX_BATCH_SIZE = 8
@@ -56,32 +64,50 @@ class LoadOptions:
 
 
 @dataclass(frozen=True)
+class ServeOptions:
+    """How the model is served: ``serve.*``, from config.toml's ``config.*`` serving keys."""
+
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    """Most streams computed in one forward pass."""
+    concurrency: int = DEFAULT_CONCURRENCY
+    """Most predictions Cog runs at once in one container; their work is batched together
+    (:mod:`.scheduler`). ``1``: one prediction at a time. ``predict.py`` declares the same
+    number to Cog (``@cog.concurrent(max=N)``)."""
+    prefix_cache_mb: int | None = None
+    """MiB of KV cache kept across predictions for prompts that share a prefix (LMQL re-sends its
+    whole growing prompt on every call); ``0`` turns reuse off. ``None``:
+    ``prefix_cache_gpu_share`` of the GPU memory free after loading on CUDA,
+    ``prefix_cache.CPU_BUDGET_MB`` on a CPU."""
+    prefix_cache_gpu_share: float | None = None
+    """That share, in ``(0, 1)``; ``None``: ``prefix_cache.GPU_BUDGET_SHARE``."""
+    log_predictions: bool = False
+    """Log one INFO line per LMTP prediction. Off by default because LMQL's Replicate client reads
+    every log line of a prediction's event stream as an LMTP line (and warns about each);
+    text-mode predictions are always logged."""
+
+
+@dataclass(frozen=True)
 class ModelSettings:
-    """Everything the runtime knows about the model it serves."""
+    """Everything the runtime knows about the model it serves: the whole file."""
 
     name: str
     checkpoint_dir: Path
-    """Absolute: a relative ``checkpoint_dir`` resolves against the settings file's folder."""
+    """As the builder writes it, relative to the file (``checkpoints``); :func:`read_settings`
+    makes it absolute."""
+    destination: str | None = None
+    """``r8.im/ACCOUNT/NAME`` for ``cog push``; ``None`` until config.toml names an account."""
     huggingface: HubSource = field(default_factory=HubSource)
     load: LoadOptions = field(default_factory=LoadOptions)
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    concurrency: int = DEFAULT_CONCURRENCY
-    """``serve.concurrency``: most predictions Cog runs at once in one container; their work is
-    batched together (:mod:`.scheduler`). ``1``: one prediction at a time."""
-    prefix_cache_mb: int | None = None
-    """``serve.prefix_cache_mb``: MiB of KV cache kept across predictions for prompts that share
-    a prefix (LMQL re-sends its whole growing prompt on every call); ``0`` turns reuse off.
-    ``None`` (absent): ``prefix_cache_gpu_share`` of the GPU memory free after loading on CUDA,
-    ``prefix_cache.CPU_BUDGET_MB`` on a CPU."""
-    prefix_cache_gpu_share: float | None = None
-    """``serve.prefix_cache_gpu_share``: that share, in ``(0, 1)``; ``None``:
-    ``prefix_cache.GPU_BUDGET_SHARE``."""
-    log_predictions: bool = False
-    """``serve.log_predictions``: log one INFO line per LMTP prediction. Off by default because
-    LMQL's Replicate client reads every log line of a prediction's event stream as an LMTP line
-    (and warns about each); text-mode predictions are always logged."""
-    destination: str | None = None
+    serve: ServeOptions = field(default_factory=ServeOptions)
     lmtp_cog_version: str | None = None
+    """The builder's version; also what marks ``work/NAME`` as a project the builder made."""
+    format: int = SETTINGS_FORMAT
+
+    def to_json(self) -> str:
+        """The file's text: stable key order and indentation, so rebuilds diff cleanly."""
+        data = asdict(self)
+        data["checkpoint_dir"] = self.checkpoint_dir.as_posix()
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def read_settings(source: Mapping[str, Any] | str | os.PathLike[str]) -> ModelSettings:
@@ -155,6 +181,7 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
         checkpoint_dir=checkpoint_dir
         if checkpoint_dir.is_absolute()
         else base_dir / checkpoint_dir,
+        destination=fields.get("destination", str),
         huggingface=HubSource(
             repo=hub.get("repo", str),
             revision=hub.get("revision", str),
@@ -170,13 +197,15 @@ def _settings_from_dict(data: Mapping[str, Any], *, base_dir: Path, origin: str)
             from_pretrained=dict(load.get("from_pretrained", dict, default={})),
             prequantized=prequantized,
         ),
-        max_batch_size=max_batch_size,
-        concurrency=concurrency,
-        prefix_cache_mb=prefix_cache_mb,
-        prefix_cache_gpu_share=None if gpu_share is None else float(gpu_share),
-        log_predictions=serve.get("log_predictions", bool, default=False),
-        destination=fields.get("destination", str),
+        serve=ServeOptions(
+            max_batch_size=max_batch_size,
+            concurrency=concurrency,
+            prefix_cache_mb=prefix_cache_mb,
+            prefix_cache_gpu_share=None if gpu_share is None else float(gpu_share),
+            log_predictions=serve.get("log_predictions", bool, default=False),
+        ),
         lmtp_cog_version=fields.get("lmtp_cog_version", str),
+        format=version,
     )
 
 

@@ -111,7 +111,7 @@ def test_a_model_without_8_or_4_bit_is_skipped_with_a_note(
     project, run = built
 
     assert "note: plain: --prequantize skipped" in run.stdout, run
-    assert "prequantized" not in project.settings("plain")["load"]
+    assert project.settings("plain")["load"]["prequantized"] is False
     checkpoints = project.work_dir / "plain" / "checkpoints"
     for name in files_under(project.root / "model"):
         assert (checkpoints / name).stat().st_ino == (project.root / "model" / name).stat().st_ino
@@ -158,7 +158,7 @@ def test_rebuilds_reuse_then_drop_and_a_failure_changes_nothing(
 
     without = _ok(project.build())
 
-    assert "prequantized" not in project.settings("q8")["load"]
+    assert project.settings("q8")["load"]["prequantized"] is False
     checkpoints = quantized / "checkpoints"
     assert not (checkpoints / MARKER).exists()
     for name in files_under(project.root / "model"):

@@ -146,10 +146,13 @@ class LmtpPredictor:
 @pytest.fixture(scope="module")
 def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A stand-in for predictors/lmtp_runtime (the copy and the wiring are tested, not the
-    runtime): its predictor answers with the settings it read, and it has bytecode and a link."""
+    runtime): its predictor answers with the settings it read, and it has bytecode and a link.
+    Its settings reader is the real one (stdlib only), which the push script runs."""
     root = tmp_path_factory.mktemp("runtime") / "lmtp_runtime"
     (root / "protocol").mkdir(parents=True)
     (root / "__init__.py").write_text('"""The LMTP runtime."""\n')
+    for module in ("settings.py", "errors.py"):
+        (root / module).write_bytes((paths.RUNTIME_PACKAGE_DIR / module).read_bytes())
     (root / "predictor.py").write_text(STAND_IN_PREDICTOR)
     (root / "protocol" / "lines.py").write_text("TOKEN = 'TOKEN'\n")
     (root / "__pycache__").mkdir()
@@ -284,11 +287,13 @@ def test_model_settings_document(tmp_path: Path, runtime_dir: Path):
             "attn_implementation": None,
             "use_safetensors": None,
             "from_pretrained": {},
+            "prequantized": False,
         },
         "serve": {
             "max_batch_size": 8,
             "concurrency": 8,
             "prefix_cache_mb": None,
+            "prefix_cache_gpu_share": None,
             "log_predictions": False,
         },
         "lmtp_cog_version": "0.1.0",
@@ -414,7 +419,9 @@ def test_runtime_is_copied_as_plain_files_without_bytecode(tmp_path: Path, runti
     copy = tmp_path / "lmtp_runtime"
 
     copied = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
-    assert copied == ["__init__.py", "linked.py", "predictor.py", "protocol/lines.py"]
+    assert copied == [
+        "__init__.py", "errors.py", "linked.py", "predictor.py", "protocol/lines.py", "settings.py"
+    ]
     assert not any(p.is_symlink() for p in copy.rglob("*"))
     assert (copy / "linked.py").read_text() == (runtime_dir / "predictor.py").read_text()
     assert (copy / "protocol" / "lines.py").read_bytes() == (
@@ -617,7 +624,9 @@ def injection(tmp_path: Path) -> tuple[Scenario, Path]:
     model = ModelSpec(
         name=f"name-{nasty}",
         source=HuggingFaceSource(repo=f"org/{nasty}", revision=f"rev-{nasty}"),
-        args=ModelArgs(torch_dtype=f"dtype-{nasty}", attn_implementation=nasty),
+        # torch_dtype is one of four words (config.toml and the settings reader both check it),
+        # so it cannot carry anything; every free-form string does.
+        args=ModelArgs(torch_dtype="float16", attn_implementation=nasty),
         cog=CogOptions(
             cuda=f"12.{nasty}",
             python_version=f"3.{nasty}",
@@ -663,7 +672,8 @@ def test_injected_settings_stay_data(
 
     # model_settings.json round-trips every value.
     settings = json.loads((project / "model_settings.json").read_text())
-    assert settings == model_settings(config=scenario.config, model=model, resolved=resolved)
+    built = model_settings(config=scenario.config, model=model, resolved=resolved)
+    assert settings == json.loads(built.to_json())
     assert settings["huggingface"]["repo"] == resolved.repo
     assert settings["huggingface"]["revision"] == resolved.revision
 

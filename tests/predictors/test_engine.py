@@ -374,7 +374,7 @@ def test_settings_resolve_checkpoint_dir_against_their_folder(
     settings = read_settings(path)
     assert settings.checkpoint_dir == tmp_path / "checkpoints"
     assert settings.load == LoadOptions(quantization="8bit", torch_dtype="bfloat16")
-    assert (settings.name, settings.max_batch_size, settings.huggingface.repo) == (
+    assert (settings.name, settings.serve.max_batch_size, settings.huggingface.repo) == (
         "tiny",
         3,
         "local/tiny",
@@ -383,7 +383,7 @@ def test_settings_resolve_checkpoint_dir_against_their_folder(
 
 def test_minimal_settings_take_defaults(tmp_path: Path) -> None:
     settings = read_settings({"name": "m", "checkpoint_dir": str(tmp_path)})
-    assert settings.load == LoadOptions() and settings.max_batch_size == 8
+    assert settings.load == LoadOptions() and settings.serve.max_batch_size == 8
 
 
 @pytest.mark.parametrize(

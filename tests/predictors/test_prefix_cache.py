@@ -499,11 +499,11 @@ def test_the_budget_is_a_setting_with_defaults_by_device(tmp_path: Path) -> None
     assert budget_bytes(device=cpu, size_mb=3, gpu_share=0.9) == 3 * MIB
 
     base = {"format": 1, "name": "tiny", "checkpoint_dir": str(tmp_path)}
-    assert read_settings(base).prefix_cache_mb is None  # files from before the setting
+    assert read_settings(base).serve.prefix_cache_mb is None  # files from before the setting
     settings = read_settings(
         {**base, "serve": {"prefix_cache_mb": 0, "prefix_cache_gpu_share": 0.5}}
     )
-    assert (settings.prefix_cache_mb, settings.prefix_cache_gpu_share) == (0, 0.5)
+    assert (settings.serve.prefix_cache_mb, settings.serve.prefix_cache_gpu_share) == (0, 0.5)
     for serve, key in [
         ({"prefix_cache_mb": -1}, "serve.prefix_cache_mb"),
         ({"prefix_cache_mb": 1.5}, "serve.prefix_cache_mb"),

@@ -20,7 +20,9 @@ from lmtp_cog.serve.setup_log import SetupProgress
 def _project(tmp_path: Path, settings: object) -> Path:
     project = tmp_path / "work" / "m"
     project.mkdir(parents=True)
-    (project / "model_settings.json").write_text(json.dumps(settings))
+    (project / "model_settings.json").write_text(
+        json.dumps({"checkpoint_dir": "checkpoints", **settings})  # type: ignore[dict-item]
+    )
     return project
 
 
@@ -41,7 +43,7 @@ def test_a_build_without_a_recorded_source_says_so(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["{ not json", "[1, 2]"])
 def test_an_unreadable_settings_file_is_one_sentence(tmp_path: Path, text: str) -> None:
-    project = _project(tmp_path, {})
+    project = _project(tmp_path, {"name": "m"})
     (project / "model_settings.json").write_text(text)
 
     with pytest.raises(ServeError, match=r"model_settings\.json .*: run \./build again\.$"):
