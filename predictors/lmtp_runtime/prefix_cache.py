@@ -45,6 +45,10 @@ the cache emptied before it is retried (see :mod:`.scheduler`)."""
 MAX_ENTRIES = 64
 """Every lookup compares the prompt with every entry; LMQL keeps far fewer branches alive."""
 MIB = 1024 * 1024
+MIN_REUSE = 4
+"""Fewest shared tokens worth reusing. A shorter hit (the BOS every prompt starts with) saves
+nothing worth seeding a cache, and under LLM.int8, whose fp16 outlier columns are chosen over
+every row of a forward pass, it would tie a prompt's numbers to another prompt's history."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,8 @@ class PrefixCache:
         """The entry sharing the longest prefix with ``tokens``, capped at ``limit`` tokens.
 
         ``limit`` keeps the tokens whose logits the caller needs out of the reused part: they
-        must be fed again even when cached. ``None`` when nothing (or nothing within the limit)
-        is shared. A hit counts as a use of its entry.
+        must be fed again even when cached. ``None`` when fewer than :data:`MIN_REUSE` tokens
+        (within the limit) are shared. A hit counts as a use of its entry.
         """
         if limit <= 0 or not self._entries:
             return None
@@ -107,10 +111,11 @@ class PrefixCache:
             length = common_prefix_length(query, entry.tokens)
             if length > best_length:
                 best_key, best_length = key, length
-        if best_key is None:
+        length = min(best_length, limit)
+        if best_key is None or length < MIN_REUSE:
             return None
         self._entries.move_to_end(best_key)
-        hit = PrefixHit(self._entries[best_key], min(best_length, limit))
+        hit = PrefixHit(self._entries[best_key], length)
         self.reused_tokens += hit.length
         return hit
 

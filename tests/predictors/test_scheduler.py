@@ -200,9 +200,9 @@ def test_a_stream_that_arrives_mid_generation_joins_the_running_batch(
     # It joined at the next step, while the long stream had decoded only three tokens...
     assert first_joint == 4
     # ...and resumed from its cached KV: the joint pass fed it one token, not its whole
-    # sequence again, beside the newcomer's prompt (but its first token, which the long
-    # stream's cached sequence starts with too), left-padded to the same width.
-    assert shapes[first_joint] == (2, len(short_op.prompt) - 1)
+    # sequence again, beside the newcomer's whole prompt (the BOS both start with is too short
+    # a prefix to reuse: MIN_REUSE), left-padded to the same width.
+    assert shapes[first_joint] == (2, len(short_op.prompt))
     # The short one finished; the long one went on alone to its end.
     assert sum(rows == 2 for rows, _ in shapes) == short_op.max_tokens
     assert shapes[-1][0] == 1
