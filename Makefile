@@ -22,11 +22,11 @@ test: venv
 	$(BIN)/python -m pytest
 
 demo: venv
-	$(BIN)/python -m lmtp_cog.demo
+	$(BIN)/lmtp-cog demo
 
 # examples/tiny/model, the bundled example's tiny checkpoint (made offline; not in git).
 example: venv
-	$(BIN)/python -m lmtp_cog.demo --checkpoint-only
+	$(BIN)/lmtp-cog demo --checkpoint-only
 
 bench: venv
 	$(BIN)/python bench/run.py

@@ -1,4 +1,9 @@
-"""Command line: argument parsing and error printing only; the work happens in :mod:`.build`."""
+"""``lmtp-cog``, the one command line: ``build``, ``serve``, ``list`` and ``demo``.
+
+Argument parsing and error printing only; the work happens in :mod:`.build`, :mod:`.serve` and
+:mod:`.demo`. ``./build`` and ``./serve`` in a checkout are shims for ``lmtp-cog build`` and
+``lmtp-cog serve``.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,64 @@ from . import __version__
 from .errors import LmtpCogError
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+COMMANDS = {
+    "build": "turn the models of config.toml into Cog projects in work/NAME",
+    "serve": "run a built model on this machine, behind a Replicate-compatible API",
+    "list": "list the models of config.toml",
+    "demo": "build the bundled example model, serve it and query it (offline)",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``lmtp-cog COMMAND [ARGS]``; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command, rest = (arguments[0], arguments[1:]) if arguments else (None, [])
+    if command == "build":
+        return build_main(rest)
+    if command == "serve":
+        from .serve.cli import main as serve_main
+
+        return serve_main(rest)
+    if command == "list":
+        return list_main(rest)
+    if command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(rest)
+    parser = _command_parser()
+    if command in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    if command == "--version":
+        print(f"lmtp-cog {__version__}")
+        return 0
+    parser.print_usage(sys.stderr)
+    known = ", ".join(COMMANDS)
+    got = f"unknown command {command!r}" if command else "no command"
+    print(f"error: {got}; give one of {known} (lmtp-cog --help says more).", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _command_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmtp-cog",
+        description="Build Hugging Face language models into Cog models that speak LMQL's LMTP.",
+        epilog="Each command has its own --help.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, summary in COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
+    parser.add_argument("--version", action="version", version=f"lmtp-cog {__version__}")
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="build",
+        prog="lmtp-cog build",
         description=(
             "Turn the models in config.toml into Cog projects in work/NAME that serve LMQL's "
             "LMTP protocol. Resolves each model's revision to a commit, fetches only the files "
@@ -64,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_main(argv: Sequence[str]) -> int:
+    """``lmtp-cog build``: build the models, or list them with ``--list``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -108,6 +166,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: work/ was left as it was.", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def list_main(argv: Sequence[str]) -> int:
+    """``lmtp-cog list [--config PATH]``: one line per model of config.toml."""
+    parser = argparse.ArgumentParser(prog="lmtp-cog list", description=COMMANDS["list"])
+    parser.add_argument(
+        "--config", type=Path, default=Path("config.toml"), metavar="PATH",
+        help="the configuration file (default: ./config.toml)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        return _list_models(args.config)
+    except LmtpCogError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _list_models(config_path: Path) -> int:

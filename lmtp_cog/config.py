@@ -25,6 +25,7 @@ from lmtp_runtime.settings import (
     TORCH_DTYPES,
 )
 
+from lmtp_cog import paths
 from lmtp_cog.errors import ConfigError, ConfigErrors, ConfigNotFoundError
 from lmtp_cog.names import (
     hub_repo_id_problem,
@@ -52,8 +53,6 @@ MAX_PREFIX_CACHE_MB = 1024 * 1024
 MIN_PYTHON_FOR_CONCURRENCY = "3.11"
 """``cog build`` refuses concurrency above 1 on older Pythons (cog 0.22 ``pkg/config``)."""
 LOCAL_REPO_PREFIXES = ("/", "./", "../", "~")
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
-"""The bundled examples; their checkpoints are made by ``make example``, not shipped."""
 """How ``huggingface.repo`` says "a directory on this machine" rather than a Hub id."""
 
 
@@ -711,7 +710,7 @@ def _locate_repo(repo: str, *, base_dir: Path) -> Path | None:
     except RuntimeError:  # `~user` for a user this machine does not know
         raise _Invalid(f"cannot expand the home folder in {repo!r}; write the full path") from None
     if not directory.is_dir():
-        if directory.parent.parent == EXAMPLES_DIR:
+        if directory.parent.parent == paths.EXAMPLES_DIR:
             raise _Invalid(
                 f"the example checkpoint {str(directory)!r} is not made yet; run `make example` "
                 "(or `make demo`) once, which makes it offline in a few seconds"

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from pathlib import Path
 
-from .build import BuildOptions, build
-from .paths import TOOLKIT_ROOT
+from .build import DEFAULT_WORK_DIR, BuildOptions, build
+from .paths import EXAMPLES_DIR
 
-EXAMPLE_DIR = TOOLKIT_ROOT / "examples" / "tiny"
+EXAMPLE_DIR = EXAMPLES_DIR / "tiny"
 MODEL_NAME = "tiny-llama"
 MODEL_REF = f"demo/{MODEL_NAME}"
 
@@ -30,19 +30,20 @@ def make_example_checkpoint() -> Path:
     if not (model_dir / "config.json").exists():
         from .testing.tiny_models import make_model
 
-        _say(f"making a tiny random Llama checkpoint in {model_dir.relative_to(TOOLKIT_ROOT)}")
+        _say(f"making a tiny random Llama checkpoint in {_shown(model_dir)}")
         make_model(model_dir, arch="llama", layers=2, hidden=64, chat_template=True)
     return model_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = sys.argv[1:] if argv is None else argv
+def main(argv: Sequence[str] | None = None) -> int:
+    """``lmtp-cog demo`` (``make demo``); ``--checkpoint-only`` makes the example checkpoint."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
     make_example_checkpoint()
     if arguments == ["--checkpoint-only"]:
         return 0
 
-    work_dir = TOOLKIT_ROOT / "work"
-    _heading(f"./build --config {EXAMPLE_DIR.relative_to(TOOLKIT_ROOT)}/config.toml --work-dir work")
+    work_dir = DEFAULT_WORK_DIR
+    _heading(f"lmtp-cog build --config {_shown(EXAMPLE_DIR / 'config.toml')}")
     started = time.monotonic()
     build(BuildOptions(config_path=EXAMPLE_DIR / "config.toml", work_dir=work_dir), report=_say)
     _say(f"(build took {time.monotonic() - started:.2f} s)")
@@ -107,6 +108,14 @@ def _text_prediction(api_url: str) -> None:
     client = replicate.Client(api_token="demo", base_url=api_url)
     output = client.run(MODEL_REF, input=inputs)
     _say(f"output = {''.join(output)!r}")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory where it lies below it (a checkout)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _heading(text: str) -> None:

@@ -52,7 +52,7 @@ def test_help_exits_0_and_names_every_option(tmp_path: Path) -> None:
     run = run_build(["--help"], env=_environment(tmp_path), cwd=tmp_path)
 
     assert run.returncode == 0, run
-    assert run.stdout.startswith("usage: build")
+    assert run.stdout.startswith("usage: lmtp-cog build")
     for option in OPTIONS:
         assert option in run.stdout
     assert not any(tmp_path.iterdir())

@@ -999,9 +999,7 @@ def test_the_image_cuda_is_the_one_the_pinned_torch_wheel_needs() -> None:
 def test_a_bundled_example_without_its_checkpoint_says_how_to_make_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lmtp_cog import config as config_module
-
-    monkeypatch.setattr(config_module, "EXAMPLES_DIR", tmp_path / "examples")
+    monkeypatch.setattr(paths, "EXAMPLES_DIR", tmp_path / "examples")
     example = tmp_path / "examples" / "tiny" / "config.toml"
     example.parent.mkdir(parents=True)
     example.write_text(config_text(repo="./model"))
@@ -1012,10 +1010,8 @@ def test_a_bundled_example_without_its_checkpoint_says_how_to_make_it(
     assert (error.model, error.key) == ("tiny", "huggingface.repo")
 
 
-def test_the_real_example_names_a_checkpoint_in_the_examples_folder() -> None:
-    from lmtp_cog.config import EXAMPLES_DIR
-
-    assert (EXAMPLES_DIR / "tiny" / "config.toml").is_file()
+def test_the_bundled_example_is_package_data() -> None:
+    assert (paths.EXAMPLES_DIR / "tiny" / "config.toml").is_file()
 
 
 def test_other_config_keys_are_model_arguments_for_from_pretrained(write) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lmtp_cog.paths import TOOLKIT_ROOT
+from tests.support.paths import REPO_ROOT as TOOLKIT_ROOT
 from lmtp_cog.serve.sse import Event, parse_events
 
 from .conftest import ECHO_MODEL, SETUP_FAILS, make_work_dir

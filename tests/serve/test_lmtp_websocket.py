@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 
 from lmtp_cog.build import BuildOptions, build
-from lmtp_cog.paths import TOOLKIT_ROOT
+from tests.support.paths import REPO_ROOT as TOOLKIT_ROOT
 from lmtp_cog.serve.banner import banner
 from lmtp_cog.serve.errors import ServeError
 from lmtp_cog.serve.lmtp_frames import Command, answer_messages, parse_command

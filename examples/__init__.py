@@ -1,0 +1,1 @@
+"""The bundled example configurations (lmtp-cog ships them as ``lmtp_cog.examples``)."""

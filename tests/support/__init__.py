@@ -1,0 +1,1 @@
+"""What the tests need beside the product: checkouts' paths, the Hub stand-in, tiny checkpoints."""
