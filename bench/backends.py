@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from lmtp_cog.testing.settings import local_model_settings
+from lmtp_cog.model_settings import local_model_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OURS_RUNTIME = REPO_ROOT / "predictors" / "lmtp_runtime" / "predictor.py"

@@ -1,6 +1,6 @@
 """The benchmark model: a random-weight Llama checkpoint, made offline once and cached.
 
-``lmtp_cog.testing.tiny_models.make_model`` sizes the model's vocabulary to its tokenizer, and
+``lmtp_cog.tiny_models.make_model`` sizes the model's vocabulary to its tokenizer, and
 the tokenizer trainer cannot reach a realistic 32k vocabulary on its small corpus. The benchmark
 only moves token ids, so this module saves that small tokenizer next to a model whose
 ``LlamaConfig`` has the full ``vocab_size``: the embedding and the 32k-wide LM head cost what
@@ -73,7 +73,7 @@ def _make_checkpoint(spec: ModelSpec, out_dir: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from lmtp_cog.testing.tiny_models import BOS, EOS, PAD, make_tokenizer
+    from lmtp_cog.tiny_models import BOS, EOS, PAD, make_tokenizer
 
     tokenizer = make_tokenizer(out_dir)
     pad_id, bos_id, eos_id = (tokenizer.convert_tokens_to_ids(t) for t in (PAD, BOS, EOS))

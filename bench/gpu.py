@@ -344,7 +344,7 @@ def make_checkpoint(shape: Shape, *, dtype: torch.dtype, device: str, cache_dir:
     """
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from lmtp_cog.testing.tiny_models import BOS, EOS, PAD, make_tokenizer
+    from lmtp_cog.tiny_models import BOS, EOS, PAD, make_tokenizer
 
     out_dir = cache_dir / shape.slug(dtype)
     if (out_dir / COMPLETE_MARKER).exists():
@@ -1306,7 +1306,7 @@ def cold_starts(
     Pre-quantized first (the comparison that matters), then at boot, then unquantized. Each
     child gets at most what is left of the budget, so none outlives the watchdog.
     """
-    from lmtp_cog.testing.settings import local_model_settings
+    from lmtp_cog.model_settings import local_model_settings
 
     work_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -1351,7 +1351,7 @@ def run_shape(
 ) -> None:
     """Checkpoint, unquantized variant, build, 8-bit variant, cold starts: each its own section."""
     from checkpoint import special_ids
-    from lmtp_cog.testing.settings import local_model_settings
+    from lmtp_cog.model_settings import local_model_settings
     from workloads import Vocabulary
 
     sizes = SIZES[shape.name]

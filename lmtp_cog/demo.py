@@ -28,7 +28,7 @@ def make_example_checkpoint() -> Path:
     """``examples/tiny/model``: the example's tiny random Llama, made offline once."""
     model_dir = EXAMPLE_DIR / "model"
     if not (model_dir / "config.json").exists():
-        from .testing.tiny_models import make_model
+        from .tiny_models import make_model
 
         _say(f"making a tiny random Llama checkpoint in {_shown(model_dir)}")
         make_model(model_dir, arch="llama", layers=2, hidden=64, chat_template=True)

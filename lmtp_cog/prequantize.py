@@ -36,7 +36,7 @@ from lmtp_cog.checkpoints import link_checkpoints
 from lmtp_cog.config import ModelSpec
 from lmtp_cog.errors import BuildError
 from lmtp_cog.resolution import ResolvedModel
-from lmtp_cog.settings import (
+from lmtp_cog.model_settings import (
     CHECKPOINT_DIR,
     SETTINGS_FILE,
     prequantized,

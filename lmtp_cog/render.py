@@ -29,7 +29,7 @@ from lmtp_cog.cog_interface import PREDICTOR_REF, parse_predictor
 from lmtp_cog.config import TORCH_WHEEL_CUDA, ModelSpec, ProjectConfig
 from lmtp_cog.errors import BuildError
 from lmtp_cog.resolution import ResolvedModel
-from lmtp_cog.settings import (
+from lmtp_cog.model_settings import (
     CHECKPOINT_DIR,
     SETTINGS_FILE,
     model_settings,

@@ -1,7 +1,9 @@
 """Fixtures shared by every test folder: tiny checkpoints, a Hub stand-in, an isolated HF cache.
 
-- ``tiny_checkpoint(shape)``: a real tiny Llama checkpoint, made once per session (read-only).
-- ``hub_server``: one :class:`~lmtp_cog.testing.hub_server.HubServer` for the session.
+- ``make_checkpoint(**make_model_args)``: a tiny random checkpoint, made once per session for
+  each set of arguments (the session's one cache of them); ``tiny_checkpoint(shape)``: a Llama
+  one of a given file layout (read-only).
+- ``hub_server``: one :class:`~tests.support.hub_server.HubServer` for the session.
 - ``hub_repo(files)``: publishes a checkpoint (or any files) on it under a repo id of its own.
 - ``hf_cache``: an empty Hugging Face cache that ``huggingface_hub`` uses by default during the
   test, with no token sent unless a test passes one, so tests never touch the user's real cache
@@ -11,14 +13,16 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lmtp_cog.testing.hub_server import HubServer
+from tests.support.hub_server import HubServer
 
 # LiteLLM (a test dependency) puts a secret-redaction filter on asyncio's logger. When an event
 # loop is collected at interpreter exit, that filter runs half torn down and prints tracebacks
@@ -38,20 +42,29 @@ PublishRepo = Callable[..., str]
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> MakeCheckpoint:
-    """``tiny_checkpoint(shape)`` → the folder of a tiny Llama checkpoint of that shape.
-
-    Each shape is made once per session (about a second each); treat the folders as read-only.
-    """
-    from lmtp_cog.testing.tiny_models import make_model
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make_checkpoint(**make_model_args)``: a tiny random checkpoint, made once per session
+    for each set of arguments (about a second each); the session's one cache of them. Treat the
+    folders as read-only."""
+    from lmtp_cog.tiny_models import make_model
 
     made: dict[str, Path] = {}
 
+    def make(**make_model_args: Any) -> Path:
+        key = json.dumps(make_model_args, sort_keys=True)
+        if key not in made:
+            made[key] = make_model(tmp_path_factory.mktemp("tiny"), **make_model_args)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(make_checkpoint: Callable[..., Path]) -> MakeCheckpoint:
+    """``tiny_checkpoint(shape)`` → the folder of a tiny Llama checkpoint of that shape."""
+
     def get(shape: str = "safetensors") -> Path:
-        if shape not in made:
-            out = tmp_path_factory.mktemp(f"tiny-{shape}")
-            made[shape] = make_model(out, **CHECKPOINT_SHAPES[shape])  # type: ignore[arg-type]
-        return made[shape]
+        return make_checkpoint(**CHECKPOINT_SHAPES[shape])
 
     return get
 

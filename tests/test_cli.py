@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builder.build_fixtures import (
+from tests.support.builds import (
     BUILD_SCRIPT,
     BuildRun,
     Project,

@@ -3,7 +3,7 @@
 Every build here runs the checkout's ``./build`` script as a subprocess, as a user would, with
 ``HF_ENDPOINT`` pointing at a Hub stand-in on 127.0.0.1 and a Hugging Face cache of the test's
 own. The stand-in records every request, so the tests can say exactly what a build fetched, and
-:func:`~build_fixtures.snapshot` records inodes and mtimes, so they can tell a file left alone
+:func:`~builds.snapshot` records inodes and mtimes, so they can tell a file left alone
 from one rewritten with the same bytes.
 
 The module has its own stand-in (not the session's): it serves the real Llama 2 repo names that
@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmtp_cog.testing.hub_server import HubServer
-from tests.builder.build_fixtures import (
+from tests.support.hub_server import HubServer
+from tests.support.builds import (
     LMQL_REPOS,
     NEEDED_FILES,
     UNNEEDED_FILES,
@@ -143,10 +143,7 @@ def _one_error_line(run: BuildRun) -> str:
 
 def _lmql_project(project: Project) -> dict[str, str]:
     """Copy LMQL's config into the project byte for byte; returns model name → repo."""
-    source = lmql_config()
-    if source is None:
-        pytest.skip("LMQL's config.toml.example is not on this machine")
-    shutil.copyfile(source, project.config_path)
+    shutil.copyfile(lmql_config(), project.config_path)
     models = tomllib.loads(project.config_path.read_text())["models"]
     return {name: table["huggingface"]["repo"] for name, table in models.items()}
 

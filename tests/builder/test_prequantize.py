@@ -17,7 +17,7 @@ import pytest
 from safetensors import safe_open
 
 from lmtp_cog.prequantize import MARKER
-from tests.builder.build_fixtures import (
+from tests.support.builds import (
     BuildRun,
     Project,
     closed_endpoint,
@@ -39,7 +39,7 @@ def _ok(run: BuildRun) -> BuildRun:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lmtp_cog.testing.tiny_models import make_model
+    from lmtp_cog.tiny_models import make_model
 
     return make_model(tmp_path_factory.mktemp("tiny") / "model", layers=2, hidden=128)
 

@@ -38,7 +38,7 @@ from lmtp_cog.config import (
 from lmtp_cog.errors import BuildError
 from lmtp_cog.render import render_predict_py, render_project, to_json
 from lmtp_cog.resolution import RepoFile, ResolvedModel
-from lmtp_cog.settings import model_settings
+from lmtp_cog.model_settings import model_settings
 
 GOLDEN_DIR = Path(__file__).with_name("golden")
 COG_SCHEMA = json.loads((GOLDEN_DIR / "cog_config_schema.json").read_text())

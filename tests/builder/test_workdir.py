@@ -22,7 +22,7 @@ import pytest
 from lmtp_cog import lockfile, render
 from lmtp_cog.build import BuildOptions, build
 from lmtp_cog.errors import BuildError
-from tests.builder.build_fixtures import (
+from tests.support.builds import (
     BUILD_SCRIPT,
     BuildRun,
     Project,

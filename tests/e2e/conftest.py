@@ -9,7 +9,7 @@ import pytest
 
 from lmtp_cog.build import BuildOptions, build
 from lmtp_cog.serve.service import Served, serve_project
-from lmtp_cog.testing.tiny_models import make_model
+from lmtp_cog.tiny_models import make_model
 
 MODEL = "tiny-llama"
 OWNER = "tester"

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lmtp_cog.testing.settings import local_model_settings
 
-FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+from lmtp_cog.model_settings import local_model_settings
+from tests.support.lmtp_reference import FAKE_COMMIT
 
 
 def settings_dict(
@@ -37,22 +37,6 @@ def settings_dict(
         log_predictions=log_predictions,
         **load,
     )
-
-
-@pytest.fixture(scope="session")
-def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``make_checkpoint(**make_model_args)``: a tiny random checkpoint, made once per session."""
-    from lmtp_cog.testing.tiny_models import make_model
-
-    made: dict[str, Path] = {}
-
-    def make(**make_model_args: Any) -> Path:
-        key = json.dumps(make_model_args, sort_keys=True)
-        if key not in made:
-            made[key] = make_model(tmp_path_factory.mktemp("tiny"), **make_model_args)
-        return made[key]
-
-    return make
 
 
 @pytest.fixture(scope="session")

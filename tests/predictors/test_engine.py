@@ -3,7 +3,7 @@
 The black-box LMTP conformance suite lives in test_conformance_*.py; these tests pin down the
 pieces underneath: parsing and formatting, settings, sampling helpers, padding and the KV cache
 the decode loop owns, resuming after a failed batch, loading choices, and 8-bit serving.
-Models are the tiny random checkpoints of ``lmtp_cog.testing.tiny_models``; expected numbers
+Models are the tiny random checkpoints of ``lmtp_cog.tiny_models``; expected numbers
 always come from a plain full forward pass of the same model, never from hard-coded outputs.
 """
 

@@ -26,6 +26,7 @@ from lmtp_runtime.engine import (
     TokenEvent,
 )
 from lmtp_runtime.errors import SettingsError
+from lmtp_runtime.lmtp_mode import LmtpMode
 from lmtp_runtime.prefix_cache import (
     CPU_BUDGET_MB,
     MIB,
@@ -36,7 +37,6 @@ from lmtp_runtime.prefix_cache import (
 )
 from lmtp_runtime.requests import GenerationRequest, SamplingParams, ScoreRequest
 from lmtp_runtime.scheduler import BatchScheduler
-from lmtp_runtime.lmtp_mode import LmtpMode
 from lmtp_runtime.settings import read_settings
 from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 

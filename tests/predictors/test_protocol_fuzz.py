@@ -17,7 +17,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from lmtp_runtime.errors import BatchFormatError
 from lmtp_runtime.protocol import (
     GenerateOp,

@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 import torch
-from lmtp_runtime.engine import Engine, GenerationStream, ScoreResult, StreamFailed, TokenEvent
+from lmtp_runtime.engine import (
+    Engine,
+    GenerationStream,
+    ScoreResult,
+    StreamFailed,
+    TokenEvent,
+)
 from lmtp_runtime.errors import SchedulerStopped
 from lmtp_runtime.requests import GenerationRequest, SamplingParams, ScoreRequest
 from lmtp_runtime.scheduler import BatchScheduler

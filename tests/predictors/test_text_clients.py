@@ -31,7 +31,7 @@ from lmtp_runtime.predictor import LmtpPredictor
 from lmtp_cog.build import BuildOptions, build
 from lmtp_cog.serve.redirect import redirect_replicate_api
 from lmtp_cog.serve.service import Served, serve_project
-from lmtp_cog.testing.tiny_models import make_model
+from lmtp_cog.tiny_models import make_model
 
 # LiteLLM's import builds pydantic models that warn about typing details of its own.
 pytestmark = pytest.mark.filterwarnings("ignore:Item .* is using the .ReadOnly. qualifier")

@@ -3,7 +3,7 @@
 Expected text always comes from plain transformers on the same checkpoint (a manual argmax loop
 over full forward passes, the tokenizer's own ``apply_chat_template``, transformers' own
 repetition-penalty processor) or from the same predictor's LMTP mode, never from hard-coded
-model output. Models are the tiny random checkpoints of ``lmtp_cog.testing.tiny_models``: one
+model output. Models are the tiny random checkpoints of ``lmtp_cog.tiny_models``: one
 Llama with a chat template, one GPT-2 without, and a Llama over a byte-level tokenizer whose
 tokens split UTF-8 characters.
 """
@@ -25,12 +25,12 @@ from lmtp_runtime.detokenize import (
     IncrementalDetokenizer,
     StopSequenceFilter,
 )
+from lmtp_runtime.errors import TextInputError
 from lmtp_runtime.predictor import NOT_READY, LmtpPredictor
 from lmtp_runtime.prompt_format import format_prompt
-from lmtp_runtime.errors import TextInputError
 from lmtp_runtime.text_request import parse_stop_sequences, text_request
 
-from lmtp_cog.testing.tiny_models import BOS, EOS, PAD
+from lmtp_cog.tiny_models import BOS, EOS, PAD
 
 PROMPT = "What is the answer?"
 SYSTEM = "Be brief."
@@ -531,7 +531,14 @@ def make_byte_level_tokenizer(directory: Path, *, vocab_size: int = 300) -> Any:
 
 def make_byte_fallback_tokenizer() -> Any:
     """A Llama-style (SentencePiece) BPE: ``▁`` for spaces, other characters as byte tokens."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     trained = Tokenizer(models.BPE())
@@ -607,7 +614,7 @@ def llama3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny checkpoint with Llama 3's special tokens and chat template."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lmtp_cog.testing.tiny_models import make_model
+    from lmtp_cog.tiny_models import make_model
 
     out = make_model(tmp_path_factory.mktemp("llama3"), arch="llama")
     tokenizer = AutoTokenizer.from_pretrained(str(out))

@@ -21,15 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "build"
+from tests.support.paths import BUILD_SCRIPT, REPO_ROOT
+
 RUNTIME_DIR = REPO_ROOT / "predictors" / "lmtp_runtime"
 
-LMQL_CONFIG_PLACES = (
-    REPO_ROOT / "tests" / "fixtures" / "lmql-config.toml.example",
-    REPO_ROOT.parent / "shared" / "lmql-config.toml.example",
-)
-"""Where LMQL's own ``scripts/replicate-build/config.toml.example`` may be kept, verbatim."""
+LMQL_CONFIG = REPO_ROOT / "tests" / "fixtures" / "lmql-config.toml.example"
+"""LMQL's own ``scripts/replicate-build/config.toml.example``, kept verbatim."""
 
 LMQL_REPOS = tuple(
     f"meta-llama/Llama-2-{size}-{kind}"
@@ -54,9 +51,9 @@ UNNEEDED_FILES = ("pytorch_model.bin", "original/consolidated.00.pth", ".gitattr
 HF_VARIABLES_PREFIXES = ("HF_", "HUGGING_FACE_", "HUGGINGFACE_")
 
 
-def lmql_config() -> Path | None:
-    """LMQL's example config, where this machine keeps it, or ``None``."""
-    return next((path for path in LMQL_CONFIG_PLACES if path.is_file()), None)
+def lmql_config() -> Path:
+    """LMQL's example config (in this repository: tests read nothing outside it)."""
+    return LMQL_CONFIG
 
 
 def hub_files(

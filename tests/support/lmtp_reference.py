@@ -1,15 +1,15 @@
 """Helpers for the LMTP conformance suite: a strict line parser and a plain-transformers reference.
 
 The conformance tests treat the predictor runtime as a black box: they send ``ops_batch_json``
-strings to ``LmtpPredictor.predict`` and read back the lines, exactly as LMQL's Replicate client
+strings to ``LmtpPredictor.stream`` and read back the lines, exactly as LMQL's Replicate client
 does. What they compare against is computed here, by :class:`Reference`, with nothing but
 ``model(input_ids).logits`` on an independently loaded float32 copy of the same checkpoint: every
 step recomputes the whole prefix (no KV cache, no padding, no batching, no ``generate``), so a
 bug in the runtime's optimisations cannot hide in the reference too.
 
-Everything expensive (tiny checkpoints, loaded predictors, reference models) is cached per
-pytest session in :func:`harness`, so test modules share them through their own thin fixtures.
-See docs/lmtp.md for the contract the tests check.
+Everything expensive (tiny checkpoints, loaded predictors, reference models) is cached per pytest
+session by the ``harness`` fixture of ``tests/predictors/conformance/conftest.py``. See
+docs/lmtp.md for the contract the tests check.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import torch
 
-from lmtp_cog.testing.settings import local_model_settings
+from lmtp_cog.model_settings import local_model_settings
 
 # Generous: the tiny models answer in well under a second. Only a hang gets anywhere near this.
 PREDICTION_TIMEOUT_S = 60.0
@@ -37,6 +37,8 @@ FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 RUNTIME_VERSION = "0.1.0"
 
 JsonScalar = None | bool | int | float | str
+MakeHarness = Callable[..., "Harness"]
+"""The conformance suite's ``harness(max_batch_size=8, **make_model_args)`` fixture."""
 
 
 def one_torch_thread() -> Iterator[None]:
@@ -431,39 +433,6 @@ class Harness:
         for line in lines:
             assert same_json(line.stream_id, args.get("stream_id")), line
         return lines
-
-
-_checkpoints: dict[tuple[Any, ...], Path] = {}
-_references: dict[Path, Reference] = {}
-_predictors: dict[tuple[Path, int], Any] = {}
-
-
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, **make_model_args: Any) -> Path:
-    """A tiny checkpoint made by ``make_model(**make_model_args)``, once per session."""
-    from lmtp_cog.testing.tiny_models import make_model
-
-    key = tuple(
-        sorted((name, json.dumps(value, sort_keys=True)) for name, value in make_model_args.items())
-    )
-    if key not in _checkpoints:
-        _checkpoints[key] = make_model(tmp_path_factory.mktemp("lmtp-tiny"), **make_model_args)
-    return _checkpoints[key]
-
-
-def harness(
-    tmp_path_factory: pytest.TempPathFactory, *, max_batch_size: int = 8, **make_model_args: Any
-) -> Harness:
-    """Predictor + reference for ``make_model(**make_model_args)``, cached for the session."""
-    from lmtp_runtime.predictor import LmtpPredictor
-
-    directory = checkpoint(tmp_path_factory, **make_model_args)
-    if directory not in _references:
-        _references[directory] = Reference(directory)
-    if (directory, max_batch_size) not in _predictors:
-        _predictors[directory, max_batch_size] = LmtpPredictor.from_settings(
-            settings(directory, max_batch_size=max_batch_size)
-        )
-    return Harness(_predictors[directory, max_batch_size], _references[directory], directory)
 
 
 def generate_op(prompt: Sequence[int], *, stream_id: JsonScalar = 1, **args: Any) -> list[Any]:

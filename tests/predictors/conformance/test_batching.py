@@ -9,22 +9,21 @@ are the classic left-padding trap), for GENERATE and SCORE, and with more ops th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from lmtp_reference import (
+
+from tests.support.lmtp_reference import (
     LOGPROB_TOLERANCE,
     Harness,
+    MakeHarness,
     Penalties,
     Step,
     assert_same_stream,
     assert_steps,
     by_stream,
     generate_op,
-    harness,
-    one_torch_thread,
     score_op,
 )
 
@@ -37,22 +36,12 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    yield from one_torch_thread()
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Harness:
-    return harness(tmp_path_factory, arch=request.param)
-
-
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def small_batches(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, harness: MakeHarness
 ) -> Harness:
     """The same checkpoints served with ``serve.max_batch_size = 2``."""
-    return harness(tmp_path_factory, arch=request.param, max_batch_size=2)
+    return harness(arch=request.param, max_batch_size=2)
 
 
 @dataclass

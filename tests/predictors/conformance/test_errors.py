@@ -9,20 +9,19 @@ one bad stream never takes down another.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from lmtp_reference import (
+
+from tests.support.lmtp_reference import (
     LOGPROB_TOLERANCE,
     Harness,
     Line,
     assert_steps,
     by_stream,
     generate_op,
-    harness,
-    one_torch_thread,
     same_json,
     score_op,
 )
@@ -39,16 +38,6 @@ class Case:
     prompt: list[int]
     vocab: int
     window: int
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    yield from one_torch_thread()
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Harness:
-    return harness(tmp_path_factory, arch="llama")
 
 
 @pytest.fixture(scope="module")

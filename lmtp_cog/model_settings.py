@@ -9,8 +9,10 @@ generated code does. The schema, its defaults, its writer and its reader are the
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from lmtp_runtime.settings import (
     SETTINGS_FILE,
@@ -21,10 +23,17 @@ from lmtp_runtime.settings import (
 )
 
 from lmtp_cog import __version__
-from lmtp_cog.config import ModelSpec, ProjectConfig
+from lmtp_cog.config import HuggingFaceSource, ModelArgs, ModelSpec, ProjectConfig
 from lmtp_cog.resolution import ResolvedModel
 
-__all__ = ["CHECKPOINT_DIR", "SETTINGS_FILE", "model_settings", "prequantized", "published_repo"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "SETTINGS_FILE",
+    "local_model_settings",
+    "model_settings",
+    "prequantized",
+    "published_repo",
+]
 
 CHECKPOINT_DIR = "checkpoints"
 """Where the weights and tokenizer lie in the generated project, relative to ``predict.py``."""
@@ -85,3 +94,45 @@ def prequantized(settings: ModelSettings) -> ModelSettings:
     instead of quantizing at every boot; ``load.quantization`` still says which kind they are.
     """
     return replace(settings, load=replace(settings.load, prequantized=True))
+
+
+def local_model_settings(
+    checkpoint_dir: Path,
+    *,
+    name: str = "tiny",
+    repo: str = "local/tiny",
+    revision: str | None = None,
+    commit: str | None = None,
+    quantization: str = "none",
+    max_batch_size: int = 8,
+    concurrency: int = 8,
+    log_predictions: bool = False,
+    **load: Any,
+) -> dict[str, Any]:
+    """The decoded ``model_settings.json`` that ``./build`` would write for a checkpoint on
+    disk, for callers that drive the runtime in-process without a build (the tests, the
+    benchmarks: ``LmtpPredictor.from_settings(...)``); ``load`` overrides ``load.*`` keys.
+
+    A relative ``checkpoint_dir`` stays relative: the runtime resolves it against the settings
+    file's folder, as it does for a built project.
+    """
+    args = ModelArgs(
+        load_in_8bit=quantization == "8bit",
+        load_in_4bit=quantization == "4bit",
+        max_batch_size=max_batch_size,
+        concurrency=concurrency,
+        log_predictions=log_predictions,
+    )
+    model = ModelSpec(name=name, source=HuggingFaceSource(repo=repo, revision=revision), args=args)
+    settings = json.loads(
+        model_settings(
+            config=ProjectConfig(
+                path=checkpoint_dir / "config.toml", dest_prefix=None, models=(model,)
+            ),
+            model=model,
+            resolved=ResolvedModel(name=name, repo=repo, revision=revision, commit=commit, files=()),
+        ).to_json()
+    )
+    settings["checkpoint_dir"] = str(checkpoint_dir)
+    settings["load"].update(load)
+    return settings

@@ -16,7 +16,8 @@ import bitsandbytes
 import pytest
 import torch
 import transformers
-from lmtp_reference import (
+
+from tests.support.lmtp_reference import (
     FAKE_COMMIT,
     LOGPROB_TOLERANCE,
     RUNTIME_VERSION,
@@ -24,8 +25,6 @@ from lmtp_reference import (
     by_stream,
     collect,
     generate_op,
-    harness,
-    one_torch_thread,
     parse_chunks,
     same_json,
     score_op,
@@ -33,21 +32,6 @@ from lmtp_reference import (
 
 PROMPT_TEXT = "Hello world. The quick brown fox"
 SCORED_TEXT = " jumps over the lazy dog."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    yield from one_torch_thread()
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Harness:
-    return harness(tmp_path_factory, arch=request.param)
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Harness:
-    return harness(tmp_path_factory, arch="llama")
 
 
 def _texts(h: Harness) -> tuple[list[int], list[int]]:

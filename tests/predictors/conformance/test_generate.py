@@ -12,42 +12,26 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
-from lmtp_reference import (
+
+from tests.support.lmtp_reference import (
     LOGPROB_TOLERANCE,
     Harness,
+    MakeHarness,
     Penalties,
     Step,
     assert_same_stream,
     assert_steps,
     by_stream,
     generate_op,
-    harness,
-    one_torch_thread,
     same_json,
 )
 
 PROMPT_TEXT = "Hello world. The quick brown fox"
 OTHER_TEXT = "Question: Is the sky blue? Answer:"
 LEAKY_STEPS = 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    yield from one_torch_thread()
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Harness:
-    return harness(tmp_path_factory, arch="llama")
-
-
-@pytest.fixture(scope="module")
-def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Harness:
-    return harness(tmp_path_factory, arch="gpt2")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +46,7 @@ def prompt(llama: Harness) -> list[int]:
 
 @pytest.fixture(scope="module")
 def eos_list(
-    tmp_path_factory: pytest.TempPathFactory, llama: Harness, prompt: list[int]
+    harness: MakeHarness, llama: Harness, prompt: list[int]
 ) -> Harness:
     """The same weights with ``eos_token_id = [</s>, X]``, X the third greedy token of ``prompt``.
 
@@ -71,13 +55,13 @@ def eos_list(
     greedy = [step.token for step in llama.reference.greedy(prompt, max_tokens=3)]
     assert greedy[2] not in greedy[:2]
     eos = [llama.reference.tokenizer.eos_token_id, greedy[2]]
-    result = harness(tmp_path_factory, arch="llama", eos_token_id=eos)
+    result = harness(arch="llama", eos_token_id=eos)
     assert result.reference.eos_ids == eos
     return result
 
 
 @pytest.fixture(scope="module")
-def leaky(tmp_path_factory: pytest.TempPathFactory, llama: Harness, prompt: list[int]) -> Harness:
+def leaky(harness: MakeHarness, llama: Harness, prompt: list[int]) -> Harness:
     """The same weights, with a generation_config.json setting every decoding knob there is."""
     greedy = [step.token for step in llama.reference.greedy(prompt, max_tokens=3)]
     generation_config = {
@@ -98,7 +82,7 @@ def leaky(tmp_path_factory: pytest.TempPathFactory, llama: Harness, prompt: list
         "forced_eos_token_id": greedy[2],
         "renormalize_logits": True,
     }
-    result = harness(tmp_path_factory, arch="llama", generation_config=generation_config)
+    result = harness(arch="llama", generation_config=generation_config)
     probe = torch.tensor([prompt])
     assert torch.equal(result.reference.model(probe).logits, llama.reference.model(probe).logits)
     return result
