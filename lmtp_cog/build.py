@@ -18,9 +18,10 @@ from typing import Any
 from . import hub
 from .checkpoints import link_checkpoints
 from .config import ModelSpec, ProjectConfig, did_you_mean, load_config
+from lmtp_runtime.checkpoint_kind import encoder_decoder_problem
 from lmtp_runtime.settings import describe_arguments
 
-from .errors import BuildError, ConfigError, UnsupportedModelError, describe_os_error
+from .errors import BuildError, ConfigError, describe_os_error
 from .lockfile import Lockfile, lockfile_path
 from .prequantize import prequantize_project
 from .render import render_project
@@ -248,20 +249,13 @@ def refuse_unsupported(model: ModelSpec, config_json: Path | None) -> None:
     LMTP scores and extends one token sequence, which only decoder-only (causal) models do.
     """
     if config_json is None:
-        raise UnsupportedModelError(
+        raise BuildError(
             f"model '{model.name}': {model.source.repo} has no config.json, so it is not a "
             "transformers checkpoint; point huggingface.repo at a causal language model."
         )
-    config = _read_checkpoint_config(model, config_json)
-    architectures = config.get("architectures") or []
-    if not isinstance(architectures, list):
-        architectures = []
-    if config.get("is_encoder_decoder") or any("ConditionalGeneration" in a for a in architectures):
-        raise UnsupportedModelError(
-            f"model '{model.name}': {model.source.repo} is an encoder-decoder model "
-            f"({', '.join(architectures) or config.get('model_type')}), which LMTP cannot serve; "
-            "use a decoder-only (causal) language model."
-        )
+    problem = encoder_decoder_problem(_read_checkpoint_config(model, config_json))
+    if problem is not None:
+        raise BuildError(f"model '{model.name}': {model.source.repo} {problem}.")
 
 
 def _read_checkpoint_config(model: ModelSpec, config_json: Path) -> dict[str, Any]:
@@ -274,12 +268,12 @@ def _read_checkpoint_config(model: ModelSpec, config_json: Path) -> dict[str, An
         ) from error
     except ValueError as error:  # not UTF-8, or not JSON
         problem = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else f"not JSON ({error})"
-        raise UnsupportedModelError(
+        raise BuildError(
             f"model '{model.name}': the config.json of {model.source.repo} is {problem}; repair "
             "or re-download the checkpoint."
         ) from None
     if not isinstance(config, dict):
-        raise UnsupportedModelError(
+        raise BuildError(
             f"model '{model.name}': the config.json of {model.source.repo} holds a JSON "
             f"{type(config).__name__}, not an object; repair or re-download the checkpoint."
         )

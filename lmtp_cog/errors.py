@@ -98,9 +98,6 @@ class NoWeightsError(HubError):
     """The repository has no weights file loading could use."""
 
 
-class UnsupportedModelError(HubError):
-    """The checkpoint is of an architecture LMTP cannot serve (e.g. encoder-decoder)."""
-
 
 # --- lock file and build ----------------------------------------------------------------------------
 

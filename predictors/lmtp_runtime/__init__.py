@@ -11,6 +11,7 @@ One concern per module, in the order data flows through them:
 - :mod:`.settings`    ``model_settings.json`` → a frozen :class:`~.settings.ModelSettings`
 - :mod:`.offline`     keeps transformers/huggingface_hub off the network
 - :mod:`.loading`     the checkpoint directory → model + tokenizer on the right device/dtype
+- :mod:`.checkpoint_kind` whether config.json describes a model LMTP can serve (stdlib only)
 - :mod:`.model_info`  facts about the loaded model (context window, EOS ids, MODEL_INFO)
 - :mod:`.checks`      checking outside values, one way, with one way of saying what is wrong
 - :mod:`.requests`    what the engine computes: generation and score requests, sampling params

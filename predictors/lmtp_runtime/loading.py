@@ -19,6 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from .checkpoint_kind import encoder_decoder_problem
 from .errors import ModelLoadError, UnsupportedModelError, describe_exception
 from .offline import hub_offline
 from .settings import LoadOptions, ModelSettings, describe_arguments
@@ -193,11 +194,9 @@ def _read_config(directory: Path, options: LoadOptions) -> Any:
 
 def _require_causal_lm(config: Any, directory: Path) -> None:
     """LMTP needs next-token logits from a decoder-only model; refuse anything else up front."""
-    if getattr(config, "is_encoder_decoder", False):
-        raise UnsupportedModelError(
-            f"The checkpoint in {directory} is an encoder-decoder model ({config.model_type}); "
-            "LMTP can only serve decoder-only causal language models."
-        )
+    problem = encoder_decoder_problem(config.to_dict())
+    if problem is not None:
+        raise UnsupportedModelError(f"The checkpoint in {directory} {problem}.")
     remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
     if not remote and type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise UnsupportedModelError(
