@@ -135,7 +135,9 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
     if config.dest_prefix is None:
         report(
             f"note: dest_prefix in {config.path.name} is still the placeholder, so no `push` "
-            "script was written; set it to r8.im/YOUR_ACCOUNT/ and build again to publish."
+            "script was written; to publish, set it to r8.im/ and your Replicate account's name "
+            '(dest_prefix = "r8.im/alice/" for the account alice) and build again.'
+
         )
     return BuildReport(outcomes=outcomes, lockfile=lock_path)
 
