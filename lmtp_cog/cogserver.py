@@ -16,10 +16,16 @@ worker dies, as seen on ``GET /health-check``: during setup, ``SETUP_FAILED`` wi
 ``"worker crashed"``; once ready, ``UNHEALTHY`` for good (the server itself stays up, fails the
 running prediction with "Worker crashed", answers the next one "Broken pipe" and every later one
 409, its slots poisoned).
+
+Its few blocking requests (``health``, ``predict``, ``request``) use aiohttp's client, as ./serve
+does on its event loop (:mod:`lmtp_cog.serve.cog_client`): one HTTP client for Cog everywhere,
+here run to completion on a loop of its own for each call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -29,11 +35,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import aiohttp
 
 from .cog_interface import DeclaredPredictor, openapi_schema, read_predictor
 from .errors import LmtpCogError
@@ -60,6 +66,16 @@ class CogServerError(LmtpCogError):
 
 class CogSetupTimeoutError(CogServerError):
     """setup() did not finish in the time allowed (the server still runs it when this is raised)."""
+
+
+class CogHttpError(CogServerError):
+    """The Cog server answered a request with an error status; ``status`` and ``body`` say which
+    and why."""
+
+    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
+        super().__init__(f"the Cog server answered {method} {path} with {status}: {body}")
+        self.status = status
+        self.body = body
 
 
 def free_port() -> int:
@@ -196,11 +212,11 @@ class CogServer:
         """Cog's ``GET /health-check``: ``status`` (see :data:`HEALTHY`) and the setup logs.
 
         Raises:
-            OSError: the server does not answer (``urllib.error.URLError`` is one).
+            OSError: the server does not answer, or not with coglet's JSON.
         """
         try:
             health = self.request("GET", "/health-check", timeout=timeout)
-        except ValueError as error:  # not JSON: no coglet
+        except (ValueError, CogHttpError) as error:  # not coglet's JSON: no coglet
             raise OSError(f"/health-check did not answer JSON: {error}") from None
         return health if isinstance(health, dict) else {}
 
@@ -222,25 +238,31 @@ class CogServer:
 
         Cog answers 409 while its one slot is busy, which includes the moment after a prediction
         ended and before the worker took the next: such a request is simply sent again.
+
+        Raises:
+            CogHttpError: Cog refused the prediction (e.g. 422 for an invalid input).
+            OSError: the server does not answer.
         """
         deadline = time.monotonic() + timeout
         while True:
             try:
                 return self.request("POST", "/predictions", {"input": inputs}, timeout=timeout)
-            except urllib.error.HTTPError as error:
-                if error.code != 409 or time.monotonic() > deadline:
+            except CogHttpError as error:
+                if error.status != 409 or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
     def request(
         self, method: str, path: str, body: Any = None, *, timeout: float = 30.0
     ) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            return json.loads(response.read() or b"null")
+        """One request to the server; its JSON answer (``None`` for an empty one).
+
+        Raises:
+            CogHttpError: an answer with a status of 400 or more.
+            ValueError: an answer that is not JSON.
+            OSError: no answer within ``timeout`` seconds, or the server cannot be reached.
+        """
+        return _blocking(_request_json(self.url, method, path, body, timeout=timeout))
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Stop the server's whole process group (its worker too)."""
@@ -265,6 +287,47 @@ class CogServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+T = TypeVar("T")
+
+
+def _blocking(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to completion on a loop of its own: on this thread, or, if this thread runs a
+    loop already (a caller inside async code), on another one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
+async def _request_json(
+    base_url: str, method: str, path: str, body: Any, *, timeout: float
+) -> Any:
+    """One request with aiohttp's client; the decoded JSON answer."""
+    data = None if body is None else json.dumps(body)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.request(
+                method, base_url + path, data=data, headers={"Content-Type": "application/json"}
+            ) as response:
+                text = await response.read()
+                status = response.status
+    except TimeoutError:
+        raise TimeoutError(
+            f"the Cog server did not answer {method} {path} within {timeout:g} s"
+        ) from None
+    except aiohttp.ClientError as error:
+        raise ConnectionError(f"the Cog server cannot be reached: {error}") from error
+    if status >= 400:
+        try:
+            reason: Any = json.loads(text)
+        except ValueError:
+            reason = text.decode(errors="replace")
+        raise CogHttpError(method, path, status, reason)
+    return json.loads(text) if text else None
 
 
 def default_log_path(project_dir: Path, port: int) -> Path:

@@ -5,7 +5,9 @@ pasted as it is. LMQL's native snippet needs nothing else: its websocket client 
 endpoint as an argument. LMQL 0.7.3's Replicate client and LiteLLM 1.106 both hard-code
 ``https://api.replicate.com`` (LiteLLM ignores ``api_base`` there), so their snippets install
 :mod:`lmtp_cog.serve.redirect` first. LiteLLM sends a text ``prompt`` and no LMTP ops, so its
-snippet is shown only for a model whose required inputs it can fill.
+snippet is shown only for a model whose required inputs it can fill. The OpenAI-compatible API's
+snippets (the ``openai`` client and curl) use chat completions when the model has a chat template,
+and legacy completions otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ LITELLM_INPUTS = frozenset({"prompt"})
 MODEL_INFO_OPS = json.dumps([["MODEL_INFO", {"stream_id": 1}]])
 """A cheap request every LMTP model answers: good for a first try."""
 
+OPENAI_MAX_TOKENS = 32
+
 
 def banner(served: Served, *, project_dir: Path, startup_seconds: float) -> str:
     """The text printed when the servers are up."""
@@ -39,6 +43,7 @@ def banner(served: Served, *, project_dir: Path, startup_seconds: float) -> str:
                 f"  Replicate-compatible API  {url}  (model {ref}, any owner works;"
                 f" version {model.version_id[:12]}…)",
                 *_lmtp_line(served.lmtp_endpoint),
+                _openai_line(served),
                 f"  Cog server                {cog.url}  (pid {pid})",
                 f"  Build                     {read_build_info(project_dir).describe()}",
                 f"  Logs                      model and Cog server: {cog.log_path.resolve()}",
@@ -50,6 +55,8 @@ def banner(served: Served, *, project_dir: Path, startup_seconds: float) -> str:
         _replicate(url, ref),
         _litellm(url, ref, _required_inputs(served)),
         _curl(url, ref),
+        _openai_client(served),
+        _openai_curl(served),
         "Ctrl-C (or SIGTERM) stops every server.",
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
@@ -116,6 +123,51 @@ curl:
 
     curl -s {url}/v1/models/{ref}/predictions -H 'Prefer: wait' \\
       -H 'Content-Type: application/json' -d {body}"""
+
+
+def _openai_line(served: Served) -> str:
+    if served.openai_problem is not None:
+        return f"  OpenAI-compatible API     not for this model: {served.openai_problem}"
+    return f"  OpenAI-compatible API     {served.openai_url}  (model {served.model.name})"
+
+
+def _openai_client(served: Served) -> str:
+    if served.openai_problem is not None:
+        return ""
+    model = _py(served.model.name)
+    if served.openai_chat:
+        call = f"""\
+    reply = client.chat.completions.create(
+        model={model}, max_tokens={OPENAI_MAX_TOKENS},
+        messages=[{{"role": "user", "content": "Hello"}}])
+    print(reply.choices[0].message.content)"""
+    else:
+        call = f"""\
+    reply = client.completions.create(model={model}, prompt="Hello", max_tokens={OPENAI_MAX_TOKENS})
+    print(reply.choices[0].text)"""
+    return f"""\
+OpenAI Python client (the OpenAI-compatible API; any api_key works):
+
+    from openai import OpenAI
+    client = OpenAI(base_url={_py(served.openai_url)}, api_key="local")
+{call}"""
+
+
+def _openai_curl(served: Served) -> str:
+    if served.openai_problem is not None:
+        return ""
+    request: dict[str, object] = {"model": served.model.name, "max_tokens": OPENAI_MAX_TOKENS}
+    if served.openai_chat:
+        path = "chat/completions"
+        request["messages"] = [{"role": "user", "content": "Hello"}]
+    else:
+        path = "completions"
+        request["prompt"] = "Hello"
+    return f"""\
+OpenAI-compatible API with curl:
+
+    curl -s {served.openai_url}/{path} -H 'Content-Type: application/json' \\
+      -d {shlex.quote(json.dumps(request))}"""
 
 
 def _py(text: str) -> str:

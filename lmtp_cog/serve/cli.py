@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run a model built by ./build on this machine with the real Cog runtime (no Docker), "
             "behind a Replicate-compatible HTTP API: LMQL, the replicate Python client and curl "
-            "talk to it as they would to api.replicate.com. LMQL can also use its native LMTP "
-            "websocket endpoint, as served by `lmql serve-model`."
+            "talk to it as they would to api.replicate.com. OpenAI's clients and LiteLLM use the "
+            "OpenAI-compatible API on the same port, under /openai/v1. LMQL can also use its "
+            "native LMTP websocket endpoint, as served by `lmql serve-model`."
         ),
     )
     parser.add_argument("name", metavar="NAME", help="the model, as named in config.toml")
@@ -65,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT,
-        help=f"the API's port (default: {DEFAULT_PORT}; 0 picks a free one)",
+        help=(
+            f"the port of the Replicate- and OpenAI-compatible APIs (default: {DEFAULT_PORT}; "
+            "0 picks a free one)"
+        ),
     )
     parser.add_argument(
         "--lmtp-port", type=int, default=LMQL_DEFAULT_PORT, metavar="PORT",

@@ -3,19 +3,17 @@
 ``lmql.model("NAME", endpoint="HOST:PORT", tokenizer=...)`` opens a websocket on
 ``http://HOST:PORT`` (LMQL 0.7.3 prefixes ``http://`` to the endpoint and connects to it as it is,
 so to the path ``/``; with no endpoint it uses ``localhost:8080``). Nothing in LMQL is patched for
-this path, unlike its Replicate client, which hard-codes api.replicate.com.
+this path, unlike its Replicate client, which hard-codes api.replicate.com. The route is ``GET /``
+of ./serve's one application (:mod:`.app`), which listens on ``--lmtp-port`` (default 8080) for
+it; a plain HTTP request there is told what the endpoint is (426).
 
 Each command of a client becomes one Cog prediction, submitted to the same
-:class:`~.runner.PredictionRunner` as the Replicate-compatible API's: both kinds of client share
-the model's queue, and each prediction's output is its own command's alone. A client's commands
-are independent of each other: they run as separate predictions, and what one answers is sent as
-it streams, whatever the others do. The message formats are in :mod:`.lmtp_frames`.
-
-Threads: aiohttp runs its event loop on a thread of its own. Following a prediction blocks
-(:meth:`~.runner.PredictionRunner.submit`, :meth:`~.prediction.Prediction.follow`), so each
-command gets a thread that follows its prediction and hands the messages to the loop, where one
-writer task per connection sends them in the order they came. A client that disconnects has its
-unfinished predictions canceled, so that it does not hold the queue.
+:class:`~.runner.PredictionRunner` as the other APIs': every kind of client shares the model's
+queue, and each prediction's output is its own command's alone. A client's commands are
+independent of each other: they run as separate predictions (one task each), and what one
+answers is sent as it streams, whatever the others do. One writer task per connection sends the
+messages in the order they came. A client that disconnects has its unfinished predictions
+canceled, so that it does not hold the queue. The message formats are in :mod:`.lmtp_frames`.
 """
 
 from __future__ import annotations
@@ -23,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
-import threading
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -49,83 +45,24 @@ CLOSE_TIMEOUT = 5.0
 DRAIN_TIMEOUT = 2.0
 """Seconds a server going away gives a connection to send the messages already queued."""
 
-STOP_TIMEOUT = 30.0
-"""Seconds :meth:`LmtpWebsocketServer.stop` waits for the connections to close."""
-
 NOT_A_WEBSOCKET = (
     "This is an LMTP websocket endpoint, as served by `lmql serve-model`: connect with "
     'lmql.model("NAME", endpoint="HOST:PORT", tokenizer=...).\n'
 )
 
 
-class LmtpWebsocketServer:
-    """The websocket endpoint of one served model; :meth:`start` it, :meth:`stop` it.
+class LmtpWebsocket:
+    """The websocket endpoint of one served model: its route, and its open connections."""
 
-    The port is taken when the object is made, so that a port in use is reported before the model
-    loads; connections are served only from :meth:`start` on.
-    """
-
-    def __init__(
-        self, address: tuple[str, int], *, model: ServedModel, runner: PredictionRunner
-    ) -> None:
-        """Listen on ``address`` (``(host, 0)`` takes a free port).
-
-        Raises:
-            OSError: the address cannot be bound (e.g. the port is in use).
-        """
-        self._socket = socket.create_server(address)
+    def __init__(self, *, model: ServedModel, runner: PredictionRunner) -> None:
         self._model = model
         self._runner = runner
-        self._loop = asyncio.new_event_loop()
-        self._app_runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
         self._connections: set[_Connection] = set()
 
-    @property
-    def endpoint(self) -> str:
-        """``HOST:PORT``, what ``lmql.model(..., endpoint=...)`` takes."""
-        host, port = self._socket.getsockname()[:2]
-        return f"{host}:{port}"
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/", self.handle)]
 
-    @property
-    def url(self) -> str:
-        return f"ws://{self.endpoint}/"
-
-    def start(self) -> None:
-        """Serve connections, on a thread of the server's own."""
-        app = web.Application()
-        app.router.add_get("/", self._handle)
-        app.on_shutdown.append(self._close_connections)
-        self._app_runner = web.AppRunner(
-            app, handle_signals=False, shutdown_timeout=STOP_TIMEOUT, access_log=None
-        )
-        self._loop.run_until_complete(self._app_runner.setup())
-        site = web.SockSite(self._app_runner, self._socket)
-        self._loop.run_until_complete(site.start())
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="lmtp-websocket", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Close every connection (canceling its unfinished predictions) and the port.
-
-        Safe to call more than once, and on a server that never started.
-        """
-        if self._thread is not None and self._app_runner is not None:
-            cleanup = asyncio.run_coroutine_threadsafe(self._app_runner.cleanup(), self._loop)
-            try:
-                cleanup.result(timeout=STOP_TIMEOUT)
-            except Exception:  # noqa: BLE001 - stopping goes on whatever happened
-                log.exception("the LMTP websocket endpoint did not stop cleanly")
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=STOP_TIMEOUT)
-            self._thread = None
-        if not self._loop.is_closed() and not self._loop.is_running():
-            self._loop.close()
-        self._socket.close()
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, timeout=CLOSE_TIMEOUT)
         if not ws.can_prepare(request).ok:
             return web.Response(status=426, text=NOT_A_WEBSOCKET, headers={"Upgrade": "websocket"})
@@ -149,9 +86,12 @@ class LmtpWebsocketServer:
             )
         return ws
 
-    async def _close_connections(self, app: web.Application) -> None:
-        # At once: each close waits up to CLOSE_TIMEOUT for its client, and LMQL leaves the
-        # connections of finished queries open, some of them with nobody left to answer.
+    async def close_connections(self) -> None:
+        """Close every connection as a server going away (canceling its unfinished predictions).
+
+        At once: each close waits up to CLOSE_TIMEOUT for its client, and LMQL leaves the
+        connections of finished queries open, some of them with nobody left to answer.
+        """
         await asyncio.gather(*(connection.shut() for connection in list(self._connections)))
 
 
@@ -164,25 +104,23 @@ class _Connection:
         self.ws = ws
         self._model = model
         self._runner = runner
-        self._loop = asyncio.get_running_loop()
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write())
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
+        self._closed = asyncio.Event()
         self._running: dict[str, Prediction] = {}
+        self._commands: set[asyncio.Task[None]] = set()
 
     def run(self, text: str) -> None:
-        """Answer one message of the client; on the loop, returns at once."""
+        """Answer one message of the client; returns at once."""
         try:
             command = parse_command(text)
         except FrameError as error:
             log.warning("an LMTP websocket client sent an invalid message: %s", error)
             self._send(frame_error_message(error))
             return
-        thread = threading.Thread(
-            target=self._answer, args=(command,), name=f"lmtp-{command.name}", daemon=True
-        )
-        thread.start()
+        task = asyncio.create_task(self._answer(command), name=f"lmtp-{command.name}")
+        self._commands.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._commands.discard)
 
     async def shut(self) -> None:
         """Send what is queued (e.g. the errors of predictions failed because Cog died), then close
@@ -197,15 +135,12 @@ class _Connection:
         """Stop sending and cancel the unfinished predictions; how many there were."""
         self._closed.set()
         self._writer.cancel()
-        with self._lock:
-            running = list(self._running.values())
+        running = list(self._running.values())
         for prediction in running:
-            await asyncio.to_thread(self._runner.cancel, prediction)
+            await self._runner.cancel(prediction)
         return len(running)
 
-    # --- on the thread of one command ------------------------------------------------------------
-
-    def _answer(self, command: Command) -> None:
+    async def _answer(self, command: Command) -> None:
         """Run ``command`` as one prediction and send its answer as it streams."""
         prediction = Prediction(
             id=_new_prediction_id(),
@@ -215,7 +150,7 @@ class _Connection:
         )
         log.debug("%s stream %r: prediction %s", command.name, command.stream_id, prediction.id)
         try:
-            self._runner.submit(prediction)
+            await self._runner.submit(prediction)
         except CogRefused as refused:
             self._send(command.error_message(f"the Cog server refused the command: {refused.body}"))
             return
@@ -225,19 +160,17 @@ class _Connection:
         except OSError as error:
             self._send(command.error_message(f"the Cog server cannot be reached: {error}"))
             return
-        with self._lock:
-            self._running[prediction.id] = prediction
-            left = self._closed.is_set()
-        if left:  # the client left while Cog was being asked; close() did not see this one
-            self._runner.cancel(prediction)
+        if self._closed.is_set():  # the client left while Cog was being asked
+            await self._runner.cancel(prediction)
+            return
+        self._running[prediction.id] = prediction
         try:
-            for event in prediction.follow(stop=self._closed):
+            async for event in prediction.follow(stop=self._closed):
                 if event is not None and event.name == "output":
                     for message in answer_messages(event.data, command):
                         self._send(message)
         finally:
-            with self._lock:
-                self._running.pop(prediction.id, None)
+            self._running.pop(prediction.id, None)
         # Without an error line the client would wait for its stream forever.
         if prediction.status == "failed":
             self._send(command.error_message(f"the prediction failed: {prediction.error}"))
@@ -245,15 +178,9 @@ class _Connection:
             self._send(command.error_message("the prediction was canceled"))
 
     def _send(self, message: str) -> None:
-        """Queue ``message`` for the client; from any thread."""
-        if self._closed.is_set():
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._outbox.put_nowait, message)
-        except RuntimeError:
-            pass  # the loop is closed: the server has stopped
-
-    # --- on the loop ------------------------------------------------------------------------------
+        """Queue ``message`` for the client."""
+        if not self._closed.is_set():
+            self._outbox.put_nowait(message)
 
     async def _write(self) -> None:
         while True:
@@ -276,4 +203,3 @@ class _Connection:
 def _new_prediction_id() -> str:
     """A prediction id that shows, in Cog's log, that a websocket client asked for it."""
     return "lmtp-ws-" + secrets.token_hex(10)
-

@@ -15,35 +15,38 @@ pushed), and implements the part of the API those clients use:
     POST /v1/predictions/ID/cancel                  cancel it
     GET  /v1/predictions/ID/stream                  its server-sent events (``urls.stream``)
 
-Creating a prediction answers 201 once Cog has accepted the input (422 with Cog's reasons when it
-does not), or, with ``Prefer: wait[=N]``, once the prediction ended or N seconds (at most 60)
-passed. Any ``Authorization`` header is accepted, and none is required: the server is meant for
-127.0.0.1. Webhooks are not sent.
+Each path also answers with a trailing slash. Creating a prediction answers 201 once Cog has
+accepted the input (422 with Cog's reasons when it does not), or, with ``Prefer: wait[=N]``, once
+the prediction ended or N seconds (at most 60) passed. Any ``Authorization`` header is accepted,
+and none is required: the server is meant for 127.0.0.1. Webhooks are not sent.
 
-Every error answer is a JSON problem (``{"title", "detail", "status"}``, the detail one sentence),
-and a request the server cannot use is the client's error, a 4xx, never a 5xx: an unreadable
-``Content-Length`` or a body shorter than it (400), a chunked body (411), one over 64 MiB (413)
-or slow to come (408), a body that is not a JSON object (400), an ``input`` that is not an object
-or holds what Cog cannot be sent, such as an unpaired surrogate or ``NaN`` (422), an unknown path
-(404) or method (405). A 5xx means Cog failed (502) or is gone (503), or a bug here (500).
+Every error answer is a JSON problem (``{"title", "detail", "status"}``, the detail one sentence,
+see :mod:`.problems`), and a request the server cannot use is the client's error, a 4xx, never a
+5xx: an unreadable ``Content-Length`` or a body shorter than it (400), a chunked body (411), one
+over 64 MiB (413) or slow to come (408) (:mod:`.request_body`, :mod:`.http_server`), a body that
+is not a JSON object (400), an ``input`` that is not an object or holds what Cog cannot be sent,
+such as an unpaired surrogate or ``NaN`` (422), an unknown path (404) or method (405,
+:mod:`.middleware`). A 5xx means Cog failed (502) or is gone (503), or a bug here (500).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import math
 import re
 import secrets
-import socket
-import threading
 from collections import OrderedDict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from aiohttp import web
+
 from .prediction import Prediction
+from .problems import ApiError, json_response
 from .project import ServedModel
+from .request_body import BODY, read_json_object
 from .runner import CogDown, CogRefused, PredictionRunner
 from .sse import KEEPALIVE, format_event
 
@@ -55,92 +58,161 @@ MAX_WAIT_SECONDS = 60
 CANCEL_WAIT_SECONDS = 5.0
 """How long a cancel request waits for Cog to confirm, so that it can answer ``canceled``."""
 
-MAX_BODY_BYTES = 64 * 2**20
-"""The largest request body taken, as for the websocket's commands: an LMQL call carries the
-prompt and a ``logit_bias`` mask that can cover much of the vocabulary."""
-
 MAX_INPUT_DEPTH = 100
 """How deep a prediction's input may nest: Cog's JSON parser stops at 128 levels, the request
 around the input included."""
 
-BODY_TIMEOUT_SECONDS = 30.0
-"""How long a request's body may take to arrive once its headers did."""
-
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 2**20
-"""How long, and how much, a connection closed on a bad request reads what the client still
-sends, so that the client gets the answer (see ``_Handler._linger``)."""
-
 KEPT_PREDICTIONS = 1000
 """Finished predictions kept for ``GET``; older ones are forgotten (LMQL makes very many)."""
 
-_SEGMENT = r"([^/]+)"
-_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
-    (method, re.compile(pattern.replace("{}", _SEGMENT) + "/?"), handler)
-    for method, pattern, handler in [
-        ("GET", "/v1/models/{}/{}", "get_model"),
-        ("GET", "/v1/models/{}/{}/versions", "list_versions"),
-        ("GET", "/v1/models/{}/{}/versions/{}", "get_version"),
-        ("POST", "/v1/predictions", "create_prediction"),
-        ("POST", "/v1/models/{}/{}/predictions", "create_model_prediction"),
-        ("POST", "/v1/models/{}/{}/versions/{}/predictions", "create_version_prediction"),
-        ("POST", "/v1/deployments/{}/{}/predictions", "create_model_prediction"),
-        ("GET", "/v1/predictions/{}", "get_prediction"),
-        ("POST", "/v1/predictions/{}/cancel", "cancel_prediction"),
-        ("GET", "/v1/predictions/{}/stream", "stream_prediction"),
-    ]
-]
+OPTIONAL_SLASH = "{slash:/?}"
+"""Ends every path: each route also answers with a trailing slash."""
 
-
-class ApiError(Exception):
-    """An error answer, in Replicate's shape: ``{"title", "detail", "status"}``.
-
-    ``headers`` go with the answer; ``close`` ends the connection after it (when the request's
-    body could not be read, the connection's next bytes cannot be trusted).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        close: bool = False,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.body = {"title": title, "detail": detail, "status": status, **extra}
-        self.headers = headers or {}
-        self.close = close
+BODY_HINT = '{"input": {...}}'
 
 
 class ReplicateApi:
-    """What the request handlers share: the model, its predictions and the runner."""
+    """The Replicate-compatible routes of one served model: its predictions and the runner."""
 
-    def __init__(self, model: ServedModel, runner: PredictionRunner) -> None:
+    def __init__(
+        self, model: ServedModel, runner: PredictionRunner, *, stopping: asyncio.Event
+    ) -> None:
         self.model = model
         self.runner = runner
-        self.stopping = threading.Event()
+        self.stopping = stopping
+        """Set when the server goes away: streams and waits end."""
         self._predictions: OrderedDict[str, Prediction] = OrderedDict()
         self._created = 0
-        self._lock = threading.Lock()
 
-    def add(self, prediction: Prediction) -> None:
-        with self._lock:
-            self._predictions[prediction.id] = prediction
-            self._created += 1
-            finished = [p.id for p in self._predictions.values() if p.done]
-            for prediction_id in finished[: max(0, len(finished) - KEPT_PREDICTIONS)]:
-                del self._predictions[prediction_id]
+    def routes(self) -> list[web.RouteDef]:
+        """Every route, as the module docstring lists them."""
+        return [
+            _get_route("/v1/models/{owner}/{name}", self.get_model),
+            _get_route("/v1/models/{owner}/{name}/versions", self.list_versions),
+            _get_route("/v1/models/{owner}/{name}/versions/{version}", self.get_version),
+            _post_route("/v1/predictions", self.create_prediction),
+            _post_route("/v1/models/{owner}/{name}/predictions", self.create_model_prediction),
+            _post_route(
+                "/v1/models/{owner}/{name}/versions/{version}/predictions",
+                self.create_version_prediction,
+            ),
+            _post_route("/v1/deployments/{owner}/{name}/predictions", self.create_model_prediction),
+            _get_route("/v1/predictions/{id}", self.get_prediction),
+            _post_route("/v1/predictions/{id}/cancel", self.cancel_prediction),
+            _get_route("/v1/predictions/{id}/stream", self.stream_prediction),
+        ]
 
-    def get(self, prediction_id: str) -> Prediction:
-        with self._lock:
-            prediction = self._predictions.get(prediction_id)
+    # --- models ----------------------------------------------------------------------------------
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        owner, name = self._model_of(request)
+        return json_response(200, self.model_json(owner, name))
+
+    async def list_versions(self, request: web.Request) -> web.Response:
+        self._model_of(request)
+        page = {"next": None, "previous": None, "results": [self.version_json()]}
+        return json_response(200, page)
+
+    async def get_version(self, request: web.Request) -> web.Response:
+        self._model_of(request)
+        self.check_version(request.match_info["version"])
+        return json_response(200, self.version_json())
+
+    # --- predictions -----------------------------------------------------------------------------
+
+    async def create_prediction(self, request: web.Request) -> web.Response:
+        body = read_json_object(request[BODY], hint=BODY_HINT)
+        return await self._create(request, self.check_version(body.get("version")), body)
+
+    async def create_model_prediction(self, request: web.Request) -> web.Response:
+        model = self.check_model(*self._model_of(request))
+        return await self._create(request, model, read_json_object(request[BODY], hint=BODY_HINT))
+
+    async def create_version_prediction(self, request: web.Request) -> web.Response:
+        model = self.check_model(*self._model_of(request))
+        self.check_version(request.match_info["version"])
+        return await self._create(request, model, read_json_object(request[BODY], hint=BODY_HINT))
+
+    async def _create(self, request: web.Request, model: str, body: dict[str, Any]) -> web.Response:
+        inputs = body.get("input")
+        if not isinstance(inputs, dict):
+            raise ApiError(422, "Input validation failed", "'input' must be a JSON object")
+        problem = input_problem(inputs)
+        if problem is not None:
+            raise ApiError(422, "Input validation failed", problem)
+        prediction = Prediction(
+            id=_new_prediction_id(), model=model, version=self.model.version_id, input=inputs
+        )
+        try:
+            await self.runner.submit(prediction)
+        except CogRefused as refused:
+            raise _refusal_error(refused) from None
+        except CogDown as down:
+            raise ApiError(503, "Model unavailable", str(down)) from None
+        except OSError as error:
+            raise ApiError(
+                503, "Model unavailable", f"the Cog server cannot be reached: {error}"
+            ) from None
+        self._add(prediction)
+        wait = _preferred_wait(request.headers.get("Prefer", ""))
+        headers = {}
+        if wait:
+            await prediction.wait(timeout=wait, stop=self.stopping)
+            headers["Preference-Applied"] = f"wait={wait}"
+        return json_response(201, prediction.to_json(_base_url(request)), headers=headers)
+
+    async def get_prediction(self, request: web.Request) -> web.Response:
+        prediction = self._get(request.match_info["id"])
+        return json_response(200, prediction.to_json(_base_url(request)))
+
+    async def cancel_prediction(self, request: web.Request) -> web.Response:
+        prediction = self._get(request.match_info["id"])
+        await self.runner.cancel(prediction)
+        await prediction.wait(timeout=CANCEL_WAIT_SECONDS, stop=self.stopping)
+        return json_response(200, prediction.to_json(_base_url(request)))
+
+    async def stream_prediction(self, request: web.Request) -> web.StreamResponse:
+        prediction = self._get(request.match_info["id"])
+        try:
+            after = max(-1, int(request.headers.get("Last-Event-ID", "-1")))
+        except ValueError:
+            after = -1
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "Connection": "close",
+            }
+        )
+        response.force_close()
+        await response.prepare(request)
+        try:
+            async for event in prediction.follow(after=after, stop=self.stopping):
+                await response.write(KEEPALIVE if event is None else format_event(event))
+        except ConnectionError:
+            log.info("a client left the stream of %s", prediction.id)
+        return response
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def _add(self, prediction: Prediction) -> None:
+        self._predictions[prediction.id] = prediction
+        self._created += 1
+        finished = [p.id for p in self._predictions.values() if p.done]
+        for prediction_id in finished[: max(0, len(finished) - KEPT_PREDICTIONS)]:
+            del self._predictions[prediction_id]
+
+    def _get(self, prediction_id: str) -> Prediction:
+        prediction = self._predictions.get(prediction_id)
         if prediction is None:
             raise ApiError(404, "Not found", f"there is no prediction {prediction_id!r}")
         return prediction
+
+    def _model_of(self, request: web.Request) -> tuple[str, str]:
+        """``(OWNER, NAME)`` of the path, if NAME is the served model's."""
+        owner, name = request.match_info["owner"], request.match_info["name"]
+        self.check_model(owner, name)
+        return owner, name
 
     def check_model(self, owner: str, name: str) -> str:
         """``OWNER/NAME`` as the client wrote it, if NAME is the served model's."""
@@ -202,280 +274,23 @@ class ReplicateApi:
         }
 
 
-class ReplicateApiServer(ThreadingHTTPServer):
-    """The HTTP server; one thread per connection, none of which keeps the process alive."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], api: ReplicateApi) -> None:
-        self.api = api
-        super().__init__(address, _Handler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def shutdown(self) -> None:
-        """Stop accepting requests, end open streams and cancel what is left on Cog."""
-        self.api.stopping.set()
-        super().shutdown()
-        self.api.runner.close()
+def _get_route(path: str, handler: Any) -> web.RouteDef:
+    # No implicit HEAD: a HEAD request gets the 405 of a GET-only route, as before.
+    return web.get(path + OPTIONAL_SLASH, handler, allow_head=False)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body are two writes; on a kept-alive connection Nagle's algorithm would hold
-    # the body back for the client's delayed ACK (40 ms per request, measured with httpx).
-    disable_nagle_algorithm = True
-    # What a request line too broken to name its version gets: a status line (the stdlib's
-    # HTTP/0.9 default answers with the bare body, which no client reads as an error).
-    default_request_version = "HTTP/1.0"
-    server: ReplicateApiServer
-    _body: bytes = b""
-    _responded: bool = False
+def _post_route(path: str, handler: Any) -> web.RouteDef:
+    return web.post(path + OPTIONAL_SLASH, handler)
 
-    # --- plumbing --------------------------------------------------------------------------------
 
-    def __getattr__(self, name: str) -> Any:
-        # The stdlib answers a method without a ``do_METHOD`` with 501 and an HTML page; every
-        # method is routed here instead, so that one it does not serve gets a JSON 405.
-        if name.startswith("do_") and name[3:]:
-            return lambda: self._dispatch(name[3:])
-        raise AttributeError(name)
-
-    def _dispatch(self, method: str) -> None:
-        path = self.path.split("?", 1)[0]
-        self._responded = False
-        try:
-            # Read the whole body first, whatever the route: on a kept-alive connection, unread
-            # bytes would be taken for the next request.
-            self._body = self._read_body()
-            allowed = []
-            for route_method, pattern, handler in _ROUTES:
-                match = pattern.fullmatch(path)
-                if match and route_method == method:
-                    getattr(self, handler)(*match.groups())
-                    return
-                if match:
-                    allowed.append(route_method)
-            if allowed:
-                raise ApiError(
-                    405,
-                    "Method not allowed",
-                    f"{path} answers {' and '.join(sorted(set(allowed)))}, not {method}",
-                    headers={"Allow": ", ".join(sorted(set(allowed)))},
-                )
-            raise ApiError(404, "Not found", f"no route for {method} {path}")
-        except ApiError as error:
-            if error.close:
-                self.close_connection = True
-            self._send_json(error.status, error.body, error.headers)
-            if error.close:
-                self._linger()
-        except Exception:
-            log.exception("%s %s failed", method, path)
-            self.close_connection = True
-            if not self._responded:
-                internal = ApiError(500, "Internal error", "see the log of ./serve")
-                self._send_json(internal.status, internal.body)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The stdlib's own errors (a malformed request line or header), as JSON problems."""
-        short, long = self.responses.get(code, ("Error", ""))
-        self.log_error("code %d, message %s", code, message or short)
-        self.close_connection = True
-        detail = (explain or message or long or short).rstrip(".")
-        self._send_json(code, ApiError(code, short, detail).body, {"Connection": "close"})
-
-    def _linger(self) -> None:
-        """Take what the client still sends (at most :data:`LINGER_BYTES`, for at most
-        :data:`LINGER_SECONDS`) before the connection closes: a socket closed with unread bytes
-        resets the connection, which can destroy the answer before the client has read it."""
-        self.wfile.flush()
-        taken = 0
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(LINGER_SECONDS)
-            while taken < LINGER_BYTES and (chunk := self.connection.recv(65536)):
-                taken += len(chunk)
-        except OSError:
-            pass  # the client is gone, or slow: close anyway
-
-    @property
-    def api(self) -> ReplicateApi:
-        return self.server.api
-
-    @property
-    def base_url(self) -> str:
-        host = self.headers.get("Host")
-        return f"http://{host}" if host else self.server.url
-
-    def _read_body(self) -> bytes:
-        """The request's body, all of it (``Content-Length`` bytes).
-
-        Raises:
-            ApiError: 411 for a chunked body, 400 for a Content-Length that is no size or a body
-                that ends before it, 413 for one over :data:`MAX_BODY_BYTES`, 408 for one that
-                does not arrive within :data:`BODY_TIMEOUT_SECONDS`; each closes the connection,
-                whose next bytes could not be told apart from this body.
-        """
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise ApiError(
-                411, "Length required", "send the body with a Content-Length header", close=True
-            )
-        length = _content_length(self.headers.get_all("Content-Length") or [])
-        if length > MAX_BODY_BYTES:
-            raise ApiError(
-                413,
-                "Payload too large",
-                f"the body has {length} bytes; this server takes at most {MAX_BODY_BYTES}",
-                close=True,
-            )
-        if length == 0:
-            return b""
-        self.connection.settimeout(BODY_TIMEOUT_SECONDS)
-        try:
-            body = self.rfile.read(length)
-        except TimeoutError:
-            raise ApiError(
-                408,
-                "Request timeout",
-                f"the body did not arrive within {BODY_TIMEOUT_SECONDS:.0f} s",
-                close=True,
-            ) from None
-        finally:
-            self.connection.settimeout(None)
-        if len(body) < length:
-            raise ApiError(
-                400,
-                "Bad request",
-                f"the body ended after {len(body)} of the {length} bytes its Content-Length says",
-                close=True,
-            )
-        return body
-
-    def _read_json(self) -> dict[str, Any]:
-        if not self._body.strip():
-            raise ApiError(
-                400, "Bad request", 'the request has no body: send a JSON object {"input": {...}}'
-            )
-        try:
-            body = json.loads(self._body)
-        except RecursionError:
-            raise ApiError(400, "Bad request", "the body is nested too deeply") from None
-        except ValueError as error:
-            raise ApiError(400, "Bad request", f"the body is not JSON: {error}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "Bad request", "the body must be a JSON object")
-        return body
-
-    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self._responded = True
-        self.send_response(status)
-        content_type = "application/problem+json" if status >= 400 else "application/json"
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        headers = dict(headers or {})
-        if self.close_connection:
-            headers.setdefault("Connection", "close")
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":  # a HEAD answer has the headers of the body, not the body
-            self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        log.info("%s %s", self.address_string(), format % args)
-
-    # --- models ----------------------------------------------------------------------------------
-
-    def get_model(self, owner: str, name: str) -> None:
-        self.api.check_model(owner, name)
-        self._send_json(200, self.api.model_json(owner, name))
-
-    def list_versions(self, owner: str, name: str) -> None:
-        self.api.check_model(owner, name)
-        page = {"next": None, "previous": None, "results": [self.api.version_json()]}
-        self._send_json(200, page)
-
-    def get_version(self, owner: str, name: str, version_id: str) -> None:
-        self.api.check_model(owner, name)
-        self.api.check_version(version_id)
-        self._send_json(200, self.api.version_json())
-
-    # --- predictions -----------------------------------------------------------------------------
-
-    def create_prediction(self) -> None:
-        body = self._read_json()
-        self._create(self.api.check_version(body.get("version")), body)
-
-    def create_model_prediction(self, owner: str, name: str) -> None:
-        model = self.api.check_model(owner, name)
-        self._create(model, self._read_json())
-
-    def create_version_prediction(self, owner: str, name: str, version_id: str) -> None:
-        model = self.api.check_model(owner, name)
-        self.api.check_version(version_id)
-        self._create(model, self._read_json())
-
-    def _create(self, model: str, body: dict[str, Any]) -> None:
-        inputs = body.get("input")
-        if not isinstance(inputs, dict):
-            raise ApiError(422, "Input validation failed", "'input' must be a JSON object")
-        problem = input_problem(inputs)
-        if problem is not None:
-            raise ApiError(422, "Input validation failed", problem)
-        prediction = Prediction(
-            id=_new_prediction_id(), model=model, version=self.api.model.version_id, input=inputs
-        )
-        try:
-            self.api.runner.submit(prediction)
-        except CogRefused as refused:
-            raise _refusal_error(refused) from None
-        except CogDown as down:
-            raise ApiError(503, "Model unavailable", str(down)) from None
-        except OSError as error:
-            raise ApiError(
-                503, "Model unavailable", f"the Cog server cannot be reached: {error}"
-            ) from None
-        self.api.add(prediction)
-        wait = _preferred_wait(self.headers.get("Prefer", ""))
-        headers = {}
-        if wait:
-            prediction.wait(timeout=wait)
-            headers["Preference-Applied"] = f"wait={wait}"
-        self._send_json(201, prediction.to_json(self.base_url), headers)
-
-    def get_prediction(self, prediction_id: str) -> None:
-        self._send_json(200, self.api.get(prediction_id).to_json(self.base_url))
-
-    def cancel_prediction(self, prediction_id: str) -> None:
-        prediction = self.api.get(prediction_id)
-        self.api.runner.cancel(prediction)
-        prediction.wait(timeout=CANCEL_WAIT_SECONDS)
-        self._send_json(200, prediction.to_json(self.base_url))
-
-    def stream_prediction(self, prediction_id: str) -> None:
-        prediction = self.api.get(prediction_id)
-        try:
-            after = max(-1, int(self.headers.get("Last-Event-ID", "-1")))
-        except ValueError:
-            after = -1
-        self._responded = True
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        try:
-            for event in prediction.follow(after=after, stop=self.api.stopping):
-                self.wfile.write(KEEPALIVE if event is None else format_event(event))
-                self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            log.info("a client left the stream of %s", prediction_id)
+def _base_url(request: web.Request) -> str:
+    """Where the client reached us (its ``Host``, else the address it connected to), for the URLs
+    in a prediction."""
+    host = request.headers.get("Host")
+    if not host and request.transport is not None:
+        address, port = request.transport.get_extra_info("sockname")[:2]
+        host = f"{address}:{port}"
+    return f"http://{host}"
 
 
 def _new_prediction_id() -> str:
@@ -491,30 +306,6 @@ def _preferred_wait(prefer: str) -> int:
     digits = match.group(1) or str(MAX_WAIT_SECONDS)
     seconds = int(digits) if len(digits) <= 4 else MAX_WAIT_SECONDS  # int() refuses 4300 digits
     return max(1, min(MAX_WAIT_SECONDS, seconds))
-
-
-def _content_length(values: list[str]) -> int:
-    """The body's size from its ``Content-Length`` header(s); 0 without one.
-
-    Raises:
-        ApiError: 400 for a value that is no size, or several that disagree (RFC 9112 6.3).
-    """
-    sizes = {value.strip() for value in values}
-    if not sizes:
-        return 0
-    if len(sizes) > 1:
-        raise ApiError(
-            400, "Bad request", "the request has Content-Length headers that disagree", close=True
-        )
-    (size,) = sizes
-    if not size.isascii() or not size.isdigit() or len(size) > 18:
-        raise ApiError(
-            400,
-            "Bad request",
-            f"Content-Length {size[:40]!r} is not a number of bytes",
-            close=True,
-        )
-    return int(size)
 
 
 def input_problem(inputs: dict[str, Any]) -> str | None:

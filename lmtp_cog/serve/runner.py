@@ -1,32 +1,39 @@
-"""Running predictions on the Cog server in arrival order, one thread per prediction.
+"""Running predictions on the Cog server in arrival order, one task per prediction.
 
 Cog answers 409 to a prediction while all its slots are busy (as many slots as the model's
 ``serve.concurrency``, which :class:`~lmtp_cog.cogserver.CogServer` passes to Cog as
-``COG_MAX_CONCURRENCY``), so the API keeps its own queue. Each prediction is offered to Cog once
-on arrival: an invalid input is refused there and then (Cog checks the input before its
-capacity; the API passes the 422 on), a valid one either starts or joins the queue. Only the head of the queue asks again: when a
-prediction ends, and every ``retry_interval`` seconds while Cog still says 409 (it frees its slot
-a moment after its ``completed`` event; a 409 costs about a millisecond). So predictions start in
-the order they came, but for a newcomer landing in that very moment, and each stream carries only
-its own prediction's events.
+``COG_MAX_CONCURRENCY``), so ./serve keeps its own queue, shared by every front end (the
+Replicate-compatible API, the LMTP websocket, the OpenAI-compatible API). Each prediction is
+offered to Cog once on arrival: an invalid input is refused there and then (Cog checks the input
+before its capacity; the API passes the 422 on), a valid one either starts or joins the queue.
+Only the head of the queue asks again: when a prediction ends, and every ``retry_interval``
+seconds while Cog still says 409 (it frees its slot a moment after its ``completed`` event; a 409
+costs about a millisecond). So predictions start in the order they came, but for a newcomer
+landing in that very moment, and each stream carries only its own prediction's events.
 
 When the Cog server dies (:mod:`.health` notices), :meth:`PredictionRunner.fail_all` fails every
 prediction queued or running here with the reason, and every later one is refused at once
 (:class:`CogDown`): nothing waits for a server that will never answer.
+
+Everything here runs on ./serve's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Coroutine
 from typing import Any
 
-from .cog_client import Busy, CogClient, Rejected, Started
+from .cog_client import AsyncCogClient, AsyncStarted, Busy, Rejected
 from .prediction import Prediction
+from .pulse import Pulse
 
 log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds :meth:`PredictionRunner.close` gives Cog to end what it canceled."""
 
 
 class CogRefused(Exception):
@@ -45,15 +52,17 @@ class CogDown(ConnectionError):
 class PredictionRunner:
     """Feeds predictions to one Cog server and copies its events into them."""
 
-    def __init__(self, cog: CogClient, *, retry_interval: float = 0.05) -> None:
+    def __init__(self, cog: AsyncCogClient, *, retry_interval: float = 0.05) -> None:
         self._cog = cog
         self._retry_interval = retry_interval
-        self._turn = threading.Condition()
+        self._turn = Pulse()
+        """Fired whenever the queue or Cog's slots change: the head of the queue may ask again."""
         self._queue: deque[Prediction] = deque()
         self._on_cog: dict[str, Prediction] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._down: str | None = None
 
-    def submit(self, prediction: Prediction) -> None:
+    async def submit(self, prediction: Prediction) -> None:
         """Start ``prediction`` on Cog, or queue it; return once Cog has accepted its input.
 
         Raises:
@@ -62,107 +71,102 @@ class PredictionRunner:
             OSError: the Cog server cannot be reached.
         """
         self._check_up()
-        answer = self._cog.start(prediction.id, prediction.input)
+        answer = await self._cog.start(prediction.id, prediction.input)
         if isinstance(answer, Rejected):
             raise CogRefused(answer.status, answer.body)
-        with self._turn:
-            if self._down is not None:  # died while Cog was being asked
-                if isinstance(answer, Started):
-                    answer.close()
-                raise CogDown(self._down)
-            if isinstance(answer, Started):
-                self._on_cog[prediction.id] = prediction
-            else:
-                self._queue.append(prediction)
-        if isinstance(answer, Started):
-            self._spawn(self._follow, prediction, answer)
+        if self._down is not None:  # died while Cog was being asked
+            if isinstance(answer, AsyncStarted):
+                answer.close()
+            raise CogDown(self._down)
+        if isinstance(answer, AsyncStarted):
+            self._on_cog[prediction.id] = prediction
+            self._spawn(self._follow(prediction, answer), prediction)
         else:
-            self._spawn(self._wait_then_follow, prediction)
+            self._queue.append(prediction)
+            self._spawn(self._wait_then_follow(prediction), prediction)
 
     def fail_all(self, why: str) -> None:
         """The Cog server is dead: fail what is queued or running with ``why``; refuse the rest."""
-        with self._turn:
-            self._down = why
-            doomed = [*self._queue, *self._on_cog.values()]
-            self._queue.clear()
-            self._turn.notify_all()
+        self._down = why
+        doomed = [*self._queue, *self._on_cog.values()]
+        self._queue.clear()
+        self._turn.fire()
         for prediction in doomed:
             prediction.finish("failed", error=why)
 
     def _check_up(self) -> None:
-        with self._turn:
-            if self._down is not None:
-                raise CogDown(self._down)
+        if self._down is not None:
+            raise CogDown(self._down)
 
-    def cancel(self, prediction: Prediction) -> None:
+    async def cancel(self, prediction: Prediction) -> None:
         """Cancel a queued prediction here, or a running one on Cog; leave a finished one."""
-        with self._turn:
-            if prediction in self._queue and prediction.id not in self._on_cog:
-                self._queue.remove(prediction)
-                prediction.finish("canceled")
-                self._turn.notify_all()
-                return
-            on_cog = prediction.id in self._on_cog
-        if on_cog and not prediction.done:
+        if prediction in self._queue:
+            # Also while its turn has come and Cog is being asked: the asking task sees that it
+            # left the queue, and cancels it on Cog if Cog took it.
+            self._queue.remove(prediction)
+            prediction.finish("canceled")
+            self._turn.fire()
+            return
+        if prediction.id in self._on_cog and not prediction.done:
+            await self._cancel_on_cog(prediction.id)
+
+    async def close(self) -> None:
+        """Cancel everything queued or running (the server is shutting down), and wait a little
+        for Cog to end it."""
+        if self._down is None:  # else fail_all() ended them, and nobody is left to cancel them on
+            for prediction in list(self._queue):
+                await self.cancel(prediction)
+            for prediction_id in list(self._on_cog):
+                await self._cancel_on_cog(prediction_id, quiet=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=CLOSE_TIMEOUT)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], prediction: Prediction) -> None:
+        # The loop keeps only weak references to tasks: keep each until it ends.
+        task = asyncio.create_task(work, name=f"prediction-{prediction.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wait_then_follow(self, prediction: Prediction) -> None:
+        answer: AsyncStarted | Busy | Rejected | OSError = Busy()
+        while isinstance(answer, Busy):
+            if prediction not in self._queue:
+                return  # canceled while it waited
+            if self._queue[0] is not prediction:
+                await self._turn.wait()
+                continue
             try:
-                self._cog.cancel(prediction.id)
+                answer = await self._cog.start(prediction.id, prediction.input)
             except OSError as error:
-                log.warning("could not cancel %s on the Cog server: %s", prediction.id, error)
-
-    def close(self) -> None:
-        """Cancel everything queued or running (the server is shutting down)."""
-        with self._turn:
-            queued = list(self._queue)
-            running = list(self._on_cog)
-            if self._down is not None:
-                return  # fail_all() ended them, and there is nobody left to cancel them on
-        for prediction in queued:
-            self.cancel(prediction)
-        for prediction_id in running:
-            try:
-                self._cog.cancel(prediction_id)
-            except OSError:
-                pass
-
-    @staticmethod
-    def _spawn(target: Callable[..., None], prediction: Prediction, *args: Any) -> None:
-        name = f"prediction-{prediction.id}"
-        threading.Thread(target=target, args=(prediction, *args), name=name, daemon=True).start()
-
-    def _wait_then_follow(self, prediction: Prediction) -> None:
-        answer: Started | Busy | Rejected | OSError = Busy()
-        with self._turn:
-            while isinstance(answer, Busy):
-                if prediction not in self._queue:
-                    return  # canceled while it waited
-                if self._queue[0] is not prediction:
-                    self._turn.wait()
-                    continue
-                # Asked under the lock (Cog answers in a few ms): a cancel then finds this
-                # prediction either still queued or already on Cog, never in between.
-                try:
-                    answer = self._cog.start(prediction.id, prediction.input)
-                except OSError as error:
-                    answer = error
-                if isinstance(answer, Busy):
-                    self._turn.wait(timeout=self._retry_interval)
-            self._queue.popleft()
-            if isinstance(answer, Started):
-                self._on_cog[prediction.id] = prediction
-            self._turn.notify_all()
-        if isinstance(answer, Started):
-            self._follow(prediction, answer)
+                answer = error
+            if isinstance(answer, Busy):
+                await self._turn.wait(timeout=self._retry_interval)
+        if prediction not in self._queue:  # canceled (or failed) while Cog was being asked
+            if isinstance(answer, AsyncStarted):
+                answer.close()
+                await self._cancel_on_cog(prediction.id)
+            return
+        self._queue.remove(prediction)
+        if isinstance(answer, AsyncStarted):
+            self._on_cog[prediction.id] = prediction
+        self._turn.fire()
+        if isinstance(answer, AsyncStarted):
+            await self._follow(prediction, answer)
         elif isinstance(answer, Rejected):
             prediction.finish("failed", error=f"the Cog server refused the input: {answer.body}")
         else:
             prediction.finish("failed", error=f"the Cog server cannot be reached: {answer}")
 
-    def _follow(self, prediction: Prediction, started: Started) -> None:
+    async def _follow(self, prediction: Prediction, started: AsyncStarted) -> None:
         """Copy Cog's events into ``prediction`` until Cog's ``completed`` event."""
         if prediction.done:  # canceled while Cog was being asked
-            self._cancel_quietly(prediction.id)
+            await self._cancel_on_cog(prediction.id)
         try:
-            for name, data in started.events():
+            async for name, data in started.events():
                 if name == "start":
                     prediction.mark_processing()
                 elif name == "log":
@@ -182,9 +186,8 @@ class PredictionRunner:
                 prediction.finish(
                     "failed", error="the Cog server closed the stream before the prediction ended"
                 )
-            with self._turn:
-                self._on_cog.pop(prediction.id, None)
-                self._turn.notify_all()
+            self._on_cog.pop(prediction.id, None)
+            self._turn.fire()
 
     @staticmethod
     def _complete(prediction: Prediction, data: dict[str, Any]) -> None:
@@ -198,8 +201,9 @@ class PredictionRunner:
             status = "failed"
         prediction.finish(status, error=data.get("error"), metrics=data.get("metrics"))
 
-    def _cancel_quietly(self, prediction_id: str) -> None:
+    async def _cancel_on_cog(self, prediction_id: str, *, quiet: bool = False) -> None:
         try:
-            self._cog.cancel(prediction_id)
-        except OSError:
-            pass
+            await self._cog.cancel(prediction_id)
+        except OSError as error:
+            if not quiet:
+                log.warning("could not cancel %s on the Cog server: %s", prediction_id, error)

@@ -1,38 +1,40 @@
-"""Putting it together: a built project served by Cog, behind the Replicate-compatible API and
-LMQL's native LMTP websocket endpoint, which share one queue of predictions.
+"""Putting it together: a built project served by Cog, behind ./serve's one application (the
+Replicate-compatible API, the OpenAI-compatible API and LMQL's native LMTP websocket, which share
+one queue of predictions; :mod:`.app`).
 
 The order matters. The addresses are taken first, so that a port already in use is reported
 before minutes of model loading, not after. The Cog server gets the OpenAPI schema and the
 concurrency ``cog build`` would bake into the image, read from ``predict.py``'s source
-(:class:`~lmtp_cog.cogserver.CogServer`); the version the API shows carries the same schema. Both
-endpoints answer only once ``setup()`` finished;
-requests that arrive earlier wait in the sockets' backlogs. While serving, a
-:class:`~.health.CogWatch` watches the Cog server: if it or its worker dies, every prediction
-queued or running fails with the reason at once, and :meth:`Served.wait_until_down` returns it.
-On the way out the watch stops, then the websocket endpoint (its clients' predictions are
-canceled), then the API (ending its streams and canceling what runs), then the Cog server's
-process group.
+(:class:`~lmtp_cog.cogserver.CogServer`); the version the API shows carries the same schema.
+While ``setup()`` loads the model, the model's tokenizer loads here too, for the OpenAI-compatible
+API (:mod:`.tokenizer`). Every endpoint answers only once ``setup()`` finished; requests that
+arrive earlier wait in the sockets' backlogs. While serving, a :class:`~.health.CogWatch` watches
+the Cog server: if it or its worker dies, every prediction queued or running fails with the
+reason at once, and :meth:`Served.wait_until_down` returns it. On the way out the application
+stops (:class:`~.app.ServeApp` says in which order), then the Cog server's process group.
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmtp_runtime.prompt_format import has_chat_template
+
 from ..cog_interface import openapi_schema
 from ..cogserver import CogServer
-from .cog_client import CogClient
+from .app import ServeApp
 from .errors import ServeError
 from .health import CogWatch
-from .lmtp_websocket import LmtpWebsocketServer
+from .http_server import AppThread
+from .openai_routes import BASE as OPENAI_BASE
 from .project import ServedModel, load_served_model
-from .replicate_api import ReplicateApi, ReplicateApiServer
-from .runner import PredictionRunner
+from .tokenizer import TokenizerLoad
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_SETUP_TIMEOUT = 900.0
@@ -41,14 +43,19 @@ DEFAULT_SETUP_TIMEOUT = 900.0
 
 @dataclass(frozen=True)
 class Served:
-    """A running model: where its servers listen, and the process behind Cog's."""
+    """A running model: where its endpoints listen, and the process behind Cog's."""
 
     model: ServedModel
     cog: CogServer
-    api: ReplicateApiServer
+    api_url: str
+    """``http://HOST:PORT`` of the Replicate-compatible API (and of the OpenAI-compatible one)."""
     watch: CogWatch
-    lmtp: LmtpWebsocketServer | None = None
-    """LMQL's native endpoint; ``None`` when served without it."""
+    lmtp_endpoint: str | None = None
+    """``HOST:PORT`` for ``lmql.model(..., endpoint=...)``; ``None`` when served without it."""
+    openai_problem: str | None = None
+    """Why the OpenAI-compatible API cannot answer (no tokenizer); ``None`` when it can."""
+    openai_chat: bool = False
+    """Whether its chat completions work: the model's tokenizer has a chat template."""
 
     def wait_until_down(self, timeout: float | None = None) -> str | None:
         """Block until the Cog server or its worker died; why, in one sentence naming the log.
@@ -59,13 +66,9 @@ class Served:
         return self.watch.wait(timeout)
 
     @property
-    def api_url(self) -> str:
-        return self.api.url
-
-    @property
-    def lmtp_endpoint(self) -> str | None:
-        """``HOST:PORT`` for ``lmql.model(..., endpoint=...)``, if the endpoint is served."""
-        return None if self.lmtp is None else self.lmtp.endpoint
+    def openai_url(self) -> str:
+        """The ``base_url`` for OpenAI's clients."""
+        return self.api_url + OPENAI_BASE
 
 
 @contextmanager
@@ -85,9 +88,9 @@ def serve_project(
 
     Args:
         project_dir: A project made by ``./build`` (any Cog project with model_settings.json).
-        host: Where the API and the websocket endpoint listen; the Cog server always listens on
+        host: Where the APIs and the websocket endpoint listen; the Cog server always listens on
             127.0.0.1.
-        port: The API's port; 0 takes a free one.
+        port: The APIs' port; 0 takes a free one.
         cog_port: The Cog server's port; ``None`` takes a free one.
         lmtp_port: The port of LMQL's LMTP websocket endpoint, on ``host``; 0 takes a free one,
             ``None`` serves none.
@@ -107,54 +110,65 @@ def serve_project(
     """
     cog = CogServer(project_dir, port=cog_port, python=python)
     model = load_served_model(project_dir, openapi_schema(cog.interface))
-    runner = PredictionRunner(CogClient(cog.url))
-    api = _listen(host, port, ReplicateApi(model, runner))
-    lmtp: LmtpWebsocketServer | None = None
-    try:
+    with ExitStack() as sockets:
+        api_socket = sockets.enter_context(_listen(host, port, option="--port"))
+        lmtp_socket = None
         if lmtp_port is not None:
-            lmtp = _listen_lmtp(host, lmtp_port, model=model, runner=runner)
+            lmtp_socket = sockets.enter_context(
+                _listen(
+                    host, lmtp_port, option="--lmtp-port", what=" for the LMTP websocket endpoint"
+                )
+            )
+        tokenizer = TokenizerLoad(project_dir).start()
         with cog:
             if on_cog_started is not None:
                 on_cog_started(cog)
             cog.wait_ready(timeout=setup_timeout, on_wait=on_setup_wait)
-            watch = CogWatch(cog, on_death=runner.fail_all).start()
-            thread = threading.Thread(target=api.serve_forever, name="replicate-api", daemon=True)
-            thread.start()
-            if lmtp is not None:
-                lmtp.start()
+            loaded = tokenizer.result()
+            app = ServeApp(
+                cog=cog, model=model, tokenizer=loaded, websocket=lmtp_socket is not None
+            )
+            listening = [api_socket] if lmtp_socket is None else [api_socket, lmtp_socket]
+            server = AppThread(app.application(), listening)
             try:
-                yield Served(model=model, cog=cog, api=api, watch=watch, lmtp=lmtp)
+                server.start()
+                yield Served(
+                    model=model,
+                    cog=cog,
+                    api_url=_url(api_socket),
+                    watch=app.watch,
+                    lmtp_endpoint=None if lmtp_socket is None else _endpoint(lmtp_socket),
+                    openai_problem=loaded.problem,
+                    openai_chat=has_chat_template(loaded.tokenizer),
+                )
             finally:
-                watch.stop()
-                if lmtp is not None:
-                    lmtp.stop()
-                api.shutdown()
-                thread.join(timeout=5)
-    finally:
-        if lmtp is not None:
-            lmtp.stop()  # frees the port when setup() failed
-        api.server_close()
+                server.stop()
 
 
-def _listen(host: str, port: int, api: ReplicateApi) -> ReplicateApiServer:
+@contextmanager
+def _listen(host: str, port: int, *, option: str, what: str = "") -> Iterator[socket.socket]:
+    """A socket listening on ``host:port``, closed on the way out.
+
+    Raises:
+        ServeError: the address cannot be bound, naming ``option`` to choose another port.
+    """
     try:
-        return ReplicateApiServer((host, port), api)
+        sock = socket.create_server((host, port))
     except OSError as error:
         raise ServeError(
-            f"cannot listen on {host}:{port}: {_why(error)}; choose another with --port."
+            f"cannot listen on {host}:{port}{what}: {_why(error)}; choose another with {option}."
         ) from None
+    with sock:
+        yield sock
 
 
-def _listen_lmtp(
-    host: str, port: int, *, model: ServedModel, runner: PredictionRunner
-) -> LmtpWebsocketServer:
-    try:
-        return LmtpWebsocketServer((host, port), model=model, runner=runner)
-    except OSError as error:
-        raise ServeError(
-            f"cannot listen on {host}:{port} for the LMTP websocket endpoint: {_why(error)}; "
-            "choose another with --lmtp-port."
-        ) from None
+def _endpoint(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def _url(sock: socket.socket) -> str:
+    return f"http://{_endpoint(sock)}"
 
 
 def _why(error: OSError) -> str:

@@ -53,26 +53,43 @@ KEEPALIVE = b": keep-alive\n\n"
 
 
 def parse_events(lines: Iterable[bytes]) -> Iterator[Event]:
-    """Events from the raw lines of a stream (``http.client`` response lines, with their EOLs).
+    """Events from the raw lines of a stream (response lines, with or without their EOLs)."""
+    parser = EventParser()
+    for raw in lines:
+        event = parser.feed(raw)
+        if event is not None:
+            yield event
+
+
+class EventParser:
+    """Reads a stream one line at a time (:meth:`feed`), giving each event as it completes.
 
     Comments and fields other than ``event``, ``data`` and ``id`` are skipped; an event without an
     ``event:`` field is a ``message``, as the standard says.
     """
-    name, data, event_id = "", [], None
-    for raw in lines:
+
+    def __init__(self) -> None:
+        self._name = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+
+    def feed(self, raw: bytes) -> Event | None:
+        """Take one line; the event it completes (an empty line ends one), else ``None``."""
         line = raw.decode().rstrip("\r\n")
         if not line:
-            if data or name:
-                yield Event(name or "message", "\n".join(data), event_id)
-            name, data = "", []
-            continue
+            event = None
+            if self._data or self._name:
+                event = Event(self._name or "message", "\n".join(self._data), self._id)
+            self._name, self._data = "", []
+            return event
         if line.startswith(":"):
-            continue
+            return None
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if field == "event":
-            name = value
+            self._name = value
         elif field == "data":
-            data.append(value)
+            self._data.append(value)
         elif field == "id":
-            event_id = value
+            self._id = value
+        return None

@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import socket
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ def served(work_dir: Path) -> Iterator[Served]:
 
 
 def _address(served: Served) -> tuple[str, int]:
-    host, port = served.api.server_address[:2]
-    return str(host), int(port)
+    url = urllib.parse.urlsplit(served.api_url)
+    return str(url.hostname), int(url.port or 80)
 
 
 def _raw(served: Served, request: bytes, *, close_write: bool = False) -> tuple[int, dict, Any]:
@@ -246,6 +247,59 @@ def test_a_head_request_gets_the_headers_without_a_body(served: Served) -> None:
     assert status == 405 and headers["Allow"] == "GET" and body is None
     assert int(headers["Content-Length"]) > 0
     _still_serves(served)
+
+
+# --- the OpenAI-compatible API's errors --------------------------------------------------------
+
+
+def _assert_openai_error(answer: tuple[int, dict, Any], status: int, *words: str) -> None:
+    """OpenAI's error shape with that status, whose message is one sentence holding ``words``."""
+    got, headers, body = answer
+    assert got == status, body
+    assert headers["Content-Type"] == "application/json"
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == ("invalid_request_error" if status < 500 else "server_error")
+    assert "\n" not in error["message"]
+    for word in words:
+        assert word in error["message"], error
+
+
+def test_the_openai_api_of_a_model_without_a_tokenizer_says_why(served: Served) -> None:
+    """The echo model has no checkpoint: listing works, generating is a 503 naming the folder."""
+    status, _, models = _send(served, "GET", "/openai/v1/models")
+    body = {"model": ECHO_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    answer = _post_json(served, body, "/openai/v1/chat/completions")
+
+    assert status == 200 and [model["id"] for model in models["data"]] == [ECHO_MODEL]
+    _assert_openai_error(answer, 503, "needs the model's tokenizer", "checkpoints", "./build")
+    _still_serves(served)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "words"),
+    [
+        ("GET", "/openai/v1/nowhere", None, 404, ["no route for GET /openai/v1/nowhere"]),
+        ("GET", "/openai/v1/completions", None, 405, ["answers POST, not GET"]),
+        ("POST", "/openai/v1/completions", b"{not json", 400, ["not JSON"]),
+        ("POST", "/openai/v1/completions", b"[]", 400, ["must be a JSON object"]),
+        ("POST", "/openai/v1/completions", b'{"prompt": "hi"}', 400, ["'model' is required"]),
+    ],
+)
+def test_openai_paths_answer_errors_in_openais_shape(
+    served: Served, method: str, path: str, body: bytes | None, status: int, words: list[str]
+) -> None:
+    answer = _send(served, method, path, body, {"Content-Type": "application/json"})
+
+    _assert_openai_error(answer, status, *words)
+
+
+def test_a_chunked_openai_request_gets_a_411_in_openais_shape(served: Served) -> None:
+    request = (
+        "POST /openai/v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "2\r\n{}\r\n0\r\n\r\n"
+    )
+    _assert_openai_error(_raw(served, request.encode()), 411, "Content-Length")
 
 
 # --- a bounded fuzz run --------------------------------------------------------------------------

@@ -188,6 +188,7 @@ def test_the_banners_snippets_work_and_sigterm_stops_both_servers(work_dir: Path
         assert replicate_client.returncode == 0, replicate_client.stderr
         assert "MSG" in replicate_client.stdout and "model_info" in replicate_client.stdout
         assert "LiteLLM: not for this model: it requires ops_batch_json" in banner
+        assert "OpenAI-compatible API     not for this model: " in banner  # no tokenizer
 
         serve.process.send_signal(signal.SIGTERM)
         assert serve.process.wait(timeout=30) == 0

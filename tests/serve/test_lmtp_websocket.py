@@ -32,7 +32,7 @@ from lmtp_cog.serve.banner import banner
 from lmtp_cog.serve.errors import ServeError
 from lmtp_cog.serve.lmtp_frames import Command, answer_messages, parse_command
 from lmtp_cog.serve.service import Served, serve_project
-from lmtp_cog.testing.tiny_models import make_model
+from lmtp_cog.tiny_models import make_model
 
 from .conftest import ECHO_MODEL
 
@@ -46,6 +46,20 @@ pytestmark = pytest.mark.filterwarnings(
 MODEL = "tiny-llama"
 OWNER = "tester"
 MAX_TOKENS = 10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _let_lmql_see_the_servers_go() -> Iterator[None]:
+    """Once the servers are down, run LMQL's loop a moment: the websocket clients it abandoned
+    (it keeps them, waiting, in its own loop, which runs only during a query) then read the
+    servers' close. A client left open is closed at the interpreter's exit, half torn down, and
+    Python prints that after pytest's summary."""
+    yield
+    from lmql.runtime import loop as lmql_runtime_loop
+
+    loop = lmql_runtime_loop.lmql_loop
+    if loop is not None and not loop.is_closed() and not loop.is_running():
+        loop.run_until_complete(asyncio.sleep(0.2))
 
 
 # --- a built project, served; the same model in transformers for the expected answers ------------

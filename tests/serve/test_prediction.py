@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 
 import pytest
 
@@ -14,9 +14,13 @@ def _prediction() -> Prediction:
     return Prediction(id="p1", model="someone/m", version="v1", input={"ops_batch_json": "[]"})
 
 
+async def _follow(prediction: Prediction, after: int = -1) -> list[tuple[str, str, str | None]]:
+    followed = prediction.follow(after=after, stop=asyncio.Event())
+    return [(e.name, e.data, e.id) async for e in followed if e is not None]
+
+
 def _events(prediction: Prediction, after: int = -1) -> list[tuple[str, str, str | None]]:
-    followed = prediction.follow(after=after, stop=threading.Event())
-    return [(e.name, e.data, e.id) for e in followed if e is not None]
+    return asyncio.run(_follow(prediction, after))
 
 
 def test_a_succeeded_prediction_streams_its_outputs_logs_and_done_last() -> None:
@@ -84,11 +88,24 @@ def test_following_resumes_after_the_last_event_id_seen() -> None:
 def test_a_follower_sees_chunks_written_after_it_started_waiting() -> None:
     prediction = _prediction()
     prediction.mark_processing()
-    seen: list[str] = []
-    follower = threading.Thread(target=lambda: seen.extend(d for _, d, _ in _events(prediction)))
-    follower.start()
-    prediction.add_output("first")
-    prediction.finish("succeeded")
-    follower.join(timeout=5)
 
-    assert seen == ["first", "{}"]
+    async def follow_while_written() -> list[str]:
+        follower = asyncio.create_task(_follow(prediction))
+        await asyncio.sleep(0.05)  # the follower waits for a first event
+        prediction.add_output("first")
+        prediction.finish("succeeded")
+        return [data for _, data, _ in await asyncio.wait_for(follower, timeout=5)]
+
+    assert asyncio.run(follow_while_written()) == ["first", "{}"]
+
+
+def test_waiting_ends_when_the_prediction_ends() -> None:
+    prediction = _prediction()
+
+    async def wait_while_it_ends() -> tuple[bool, bool]:
+        waiter = asyncio.create_task(prediction.wait(timeout=5))
+        await asyncio.sleep(0.05)
+        prediction.finish("succeeded")
+        return await waiter, await prediction.wait(timeout=0)
+
+    assert asyncio.run(wait_while_it_ends()) == (True, True)

@@ -199,6 +199,8 @@ def test_the_model_its_versions_and_the_schema_are_served(served: Served) -> Non
         served, "GET", f"/v1/models/someone/{ECHO_MODEL}/versions/{version['id']}"
     )
     assert status == 200 and same == version
+    status, slashed = _request(served, "GET", f"/v1/models/someone/{ECHO_MODEL}/")
+    assert status == 200 and slashed["latest_version"] == version
 
 
 def test_unknown_models_versions_and_predictions_are_refused(served: Served) -> None:
