@@ -123,7 +123,7 @@ def _wait_for_api(port: int, server: subprocess.Popen[str], log: Path) -> None:
 
 def test_the_readme_marks_the_path_it_promises() -> None:
     kinds = [block.kind for block in marked_blocks()]
-    assert kinds.count("build") >= 1 and kinds.count("serve") == 1 and kinds.count("python") >= 4
+    assert kinds.count("build") >= 1 and kinds.count("serve") == 1 and kinds.count("python") >= 6
 
 
 @pytest.mark.parametrize(
