@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "build":
         return build_main(rest)
     if command == "serve":
-        from .serve.cli import main as serve_main
+        from .serve.command import main as serve_main
 
         return serve_main(rest)
     if command == "list":

@@ -6,6 +6,8 @@ the command line prints it without a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import LmtpCogError
 
 
@@ -15,3 +17,19 @@ class ServeError(LmtpCogError):
 
 class ProjectNotFoundError(ServeError):
     """``work/NAME`` does not exist or is not a project made by ``./build``."""
+
+
+class CogRefused(ServeError):
+    """Cog refused a prediction (422: the input fails the schema); ``status``, ``body``: why."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"Cog answered {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class CogDown(ServeError, ConnectionError):
+    """The Cog server died; ``str()`` is the one sentence that says so (and names its log).
+
+    A ``ConnectionError`` too: whatever handles a lost connection to Cog handles this one.
+    """

@@ -24,10 +24,11 @@ import secrets
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .errors import CogDown, CogRefused
 from .lmtp_frames import Command, FrameError, answer_messages, frame_error_message, parse_command
 from .prediction import Prediction
 from .project import ServedModel
-from .runner import CogDown, CogRefused, PredictionRunner
+from .runner import PredictionRunner
 
 log = logging.getLogger(__name__)
 

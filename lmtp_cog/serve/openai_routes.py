@@ -34,6 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .errors import CogDown, CogRefused
 from .openai_api import (
     GENERATE_STREAM,
     SCORE_STREAM,
@@ -59,7 +60,7 @@ from .prediction import Prediction
 from .problems import ApiError, json_response
 from .project import ServedModel
 from .request_body import BODY, read_json_object
-from .runner import CogDown, CogRefused, PredictionRunner
+from .runner import PredictionRunner
 from .tokenizer import ProjectTokenizer
 
 log = logging.getLogger(__name__)

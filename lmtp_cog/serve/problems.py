@@ -14,11 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
+from .errors import ServeError
+
 Render = Callable[["ApiError"], web.Response]
 """Writes an error in the shape some API's clients read."""
 
 
-class ApiError(Exception):
+class ApiError(ServeError):
     """An error answer: ``status``, a short ``title``, a one-sentence ``detail``.
 
     ``headers`` go with the answer; ``close`` ends the connection after it (when the request's

@@ -43,11 +43,12 @@ from typing import Any
 
 from aiohttp import web
 
+from .errors import CogDown, CogRefused
 from .prediction import Prediction
 from .problems import ApiError, json_response
 from .project import ServedModel
 from .request_body import BODY, read_json_object
-from .runner import CogDown, CogRefused, PredictionRunner
+from .runner import PredictionRunner
 from .sse import KEEPALIVE, format_event
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .cog_client import AsyncCogClient, AsyncStarted, Busy, Rejected
+from .errors import CogDown, CogRefused
 from .prediction import Prediction
 from .pulse import Pulse
 
@@ -34,19 +35,6 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 5.0
 """Seconds :meth:`PredictionRunner.close` gives Cog to end what it canceled."""
-
-
-class CogRefused(Exception):
-    """Cog refused a prediction (422: the input fails the schema); ``status``, ``body``: why."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"Cog answered {status}: {body}")
-        self.status = status
-        self.body = body
-
-
-class CogDown(ConnectionError):
-    """The Cog server died; ``str()`` is the one sentence that says so (and names its log)."""
 
 
 class PredictionRunner:

@@ -206,7 +206,7 @@ def test_help_names_every_option(work_dir: Path) -> None:
     run = _run_serve("--help", cwd=work_dir.parent)
 
     assert run.returncode == 0
-    assert run.stdout.startswith("usage: serve")
+    assert run.stdout.startswith("usage: lmtp-cog serve")
     for option in ("--work-dir", "--port", "--cog-port", "--host", "--setup-timeout"):
         assert option in run.stdout
 

@@ -43,7 +43,7 @@ class _Stop(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="serve",
+        prog="lmtp-cog serve",
         description=(
             "Run a model built by ./build on this machine with the real Cog runtime (no Docker), "
             "behind a Replicate-compatible HTTP API: LMQL, the replicate Python client and curl "
