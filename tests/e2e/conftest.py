@@ -10,9 +10,7 @@ import pytest
 from lmtp_cog.build import BuildOptions, build
 from lmtp_cog.serve.service import Served, serve_project
 from lmtp_cog.tiny_models import make_model
-
-MODEL = "tiny-llama"
-OWNER = "tester"
+from tests.support.served_projects import E2E_MODEL, E2E_OWNER
 
 
 @pytest.fixture(scope="package")
@@ -22,13 +20,13 @@ def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_model(root / "model", arch="llama", layers=2, hidden=64, chat_template=True)
     config = root / "config.toml"
     config.write_text(
-        f'dest_prefix = "r8.im/{OWNER}/"\n\n'
-        f"[models.{MODEL}]\n"
+        f'dest_prefix = "r8.im/{E2E_OWNER}/"\n\n'
+        f"[models.{E2E_MODEL}]\n"
         'huggingface.repo = "./model"\n'
         "config.max_batch_size = 4\n"
     )
     build(BuildOptions(config_path=config, work_dir=root / "work"), report=lambda line: None)
-    return root / "work" / MODEL
+    return root / "work" / E2E_MODEL
 
 
 @pytest.fixture(scope="package")

@@ -19,8 +19,7 @@ import pytest
 from lmtp_cog.build import BuildOptions, build
 from lmtp_cog.cog_interface import COG_CLI_VERSION
 from lmtp_cog.serve.service import Served, serve_project
-
-from .conftest import MODEL, OWNER
+from tests.support.served_projects import E2E_MODEL, E2E_OWNER
 
 CASES = Path(__file__).parents[1] / "builder" / "cog_interface_cases"
 MODEL_INFO = json.dumps([["MODEL_INFO", {"stream_id": 1}]])
@@ -39,7 +38,7 @@ def test_the_listed_version_has_the_schema_cog_build_writes(
         CASES / "rendered-concurrency-8" / "predict.py"
     ).read_text()
 
-    model = get_json(f"{served.api_url}/v1/models/{OWNER}/{MODEL}")
+    model = get_json(f"{served.api_url}/v1/models/{E2E_OWNER}/{E2E_MODEL}")
     version = model["latest_version"]
     assert version["openapi_schema"] == cog["schema"]
     baked = json.loads((built_project / ".cog" / "openapi_schema.json").read_text())
@@ -53,18 +52,18 @@ def served_one_at_a_time(tmp_path_factory: pytest.TempPathFactory, built_project
     root = tmp_path_factory.mktemp("one-at-a-time")
     config = root / "config.toml"
     config.write_text(
-        f'dest_prefix = "r8.im/{OWNER}/"\n\n[models.{MODEL}]\n'
+        f'dest_prefix = "r8.im/{E2E_OWNER}/"\n\n[models.{E2E_MODEL}]\n'
         f"huggingface.repo = {json.dumps(str(built_project / 'checkpoints'))}\n"
         "config.concurrency = 1\n"
     )
     build(BuildOptions(config_path=config, work_dir=root / "work"), report=lambda line: None)
-    with serve_project(root / "work" / MODEL, port=0, lmtp_port=None) as served:
+    with serve_project(root / "work" / E2E_MODEL, port=0, lmtp_port=None) as served:
         yield served
 
 
 def _predict_waiting(served: Served) -> dict[str, Any]:
     request = urllib.request.Request(
-        f"{served.api_url}/v1/models/{OWNER}/{MODEL}/predictions",
+        f"{served.api_url}/v1/models/{E2E_OWNER}/{E2E_MODEL}/predictions",
         data=json.dumps({"input": {"ops_batch_json": MODEL_INFO}}).encode(),
         headers={"Content-Type": "application/json", "Prefer": "wait"},
         method="POST",

@@ -16,8 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmtp_cog.serve.redirect import redirect_replicate_api
 from lmtp_cog.serve.service import Served
-
-from .conftest import MODEL, OWNER
+from tests.support.served_projects import E2E_MODEL, E2E_OWNER
 
 MAX_TOKENS = 40
 """Long enough that LMQL needs several 16-token GENERATE calls for one variable."""
@@ -40,8 +39,8 @@ def lmql_model(built_project: Path, served: Served, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("REPLICATE_API_TOKEN", "any-token")
     with redirect_replicate_api(served.api_url):
         yield lmql.model(
-            f"{OWNER}/{MODEL}",
-            endpoint=f"replicate:{OWNER}/{MODEL}",
+            f"{E2E_OWNER}/{E2E_MODEL}",
+            endpoint=f"replicate:{E2E_OWNER}/{E2E_MODEL}",
             tokenizer=str(built_project / "checkpoints"),
         )
 

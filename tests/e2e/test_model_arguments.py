@@ -6,8 +6,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from lmtp_cog.build import BuildOptions, build
 from lmtp_runtime.predictor import LmtpPredictor
+
+from lmtp_cog.build import BuildOptions, build
 
 
 def test_an_unknown_config_key_is_passed_to_from_pretrained(

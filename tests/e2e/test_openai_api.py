@@ -27,8 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmtp_cog.serve.banner import banner
 from lmtp_cog.serve.service import Served
-
-from .conftest import MODEL, OWNER
+from tests.support.served_projects import E2E_MODEL, E2E_OWNER
 
 PROMPT = "The quick brown"
 MESSAGES = [
@@ -113,7 +112,7 @@ def test_a_greedy_completion_equals_transformers_greedy_decoding(
     expected = reference.greedy(prompt, MAX_TOKENS)
 
     completion = client.completions.create(
-        model=MODEL, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0
+        model=E2E_MODEL, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0
     )
 
     [choice] = completion.choices
@@ -125,11 +124,11 @@ def test_a_greedy_completion_equals_transformers_greedy_decoding(
         len(expected),
     )
     assert completion.usage.total_tokens == len(prompt) + len(expected)
-    assert completion.object == "text_completion" and completion.model == MODEL
+    assert completion.object == "text_completion" and completion.model == E2E_MODEL
 
 
 def test_a_streamed_completion_adds_up_to_the_whole_one(client: openai.OpenAI) -> None:
-    settings = {"model": MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
+    settings = {"model": E2E_MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
     whole = client.completions.create(**settings)
 
     chunks = list(
@@ -152,7 +151,7 @@ def test_completion_logprobs_and_echo_equal_transformers_log_softmax(
     dist = reference.logprobs(prompt + generated)
 
     completion = client.completions.create(
-        model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3, echo=True
+        model=E2E_MODEL, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3, echo=True
     )
 
     [choice] = completion.choices
@@ -184,7 +183,7 @@ def test_a_stop_sequence_ends_the_text_before_it(
     stop = reference.text(generated[:4])[-3:]
     assert stop.strip() and whole.index(stop) > 0
     settings = {
-        "model": MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
+        "model": E2E_MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
         "stop": [stop, "never appears"],
     }
 
@@ -209,7 +208,7 @@ def test_a_greedy_chat_equals_transformers_on_the_chat_templates_ids(
     dist = reference.logprobs(prompt + expected)
 
     chat = client.chat.completions.create(
-        model=f"{OWNER}/{MODEL}", messages=MESSAGES, max_completion_tokens=MAX_TOKENS,
+        model=f"{E2E_OWNER}/{E2E_MODEL}", messages=MESSAGES, max_completion_tokens=MAX_TOKENS,
         temperature=0, logprobs=True, top_logprobs=2,
     )
 
@@ -232,7 +231,7 @@ def test_a_greedy_chat_equals_transformers_on_the_chat_templates_ids(
 
 
 def test_a_streamed_chat_adds_up_to_the_whole_one(client: openai.OpenAI) -> None:
-    settings = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0}
+    settings = {"model": E2E_MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0}
     whole = client.chat.completions.create(**settings)
 
     chunks = list(
@@ -255,10 +254,10 @@ def test_litellms_openai_provider_gets_the_same_text(
     import litellm
 
     settings = {"messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0}
-    expected = client.chat.completions.create(model=MODEL, **settings).choices[0].message.content
+    expected = client.chat.completions.create(model=E2E_MODEL, **settings).choices[0].message.content
 
     reply = litellm.completion(
-        model=f"openai/{MODEL}", api_base=f"{served.api_url}/openai/v1", api_key="any", **settings
+        model=f"openai/{E2E_MODEL}", api_base=f"{served.api_url}/openai/v1", api_key="any", **settings
     )
 
     assert reply.choices[0].message.content == expected
@@ -274,7 +273,7 @@ def test_an_openai_request_and_an_lmtp_prediction_share_the_model(
     def lmtp() -> dict[str, Any]:
         status, _, body = _post(
             served,
-            f"/v1/models/{OWNER}/{MODEL}/predictions",
+            f"/v1/models/{E2E_OWNER}/{E2E_MODEL}/predictions",
             {"input": {"ops_batch_json": json.dumps(ops)}},
         )
         assert status == 201
@@ -282,7 +281,7 @@ def test_an_openai_request_and_an_lmtp_prediction_share_the_model(
 
     def chat() -> Any:
         return client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0
+            model=E2E_MODEL, messages=MESSAGES, max_tokens=8, temperature=0
         )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -314,9 +313,9 @@ def _wait_for(served: Served, prediction_id: str) -> tuple[int, dict[str, str], 
 
 
 def test_the_model_is_listed_and_found_by_name_or_owner_and_name(client: openai.OpenAI) -> None:
-    assert [model.id for model in client.models.list()] == [MODEL]
-    assert client.models.retrieve(MODEL).owned_by == OWNER
-    assert client.models.retrieve(f"anyone/{MODEL}").id == MODEL
+    assert [model.id for model in client.models.list()] == [E2E_MODEL]
+    assert client.models.retrieve(E2E_MODEL).owned_by == E2E_OWNER
+    assert client.models.retrieve(f"anyone/{E2E_MODEL}").id == E2E_MODEL
     with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve("gpt-4o")
     assert missing.value.code == "model_not_found"
@@ -326,13 +325,13 @@ def test_the_model_is_listed_and_found_by_name_or_owner_and_name(client: openai.
     ("body", "status", "param", "words"),
     [
         ({"model": "gpt-4o", "prompt": "Hi"}, 404, "model", "is not served here"),
-        ({"model": MODEL}, 400, "prompt", "is required"),
-        ({"model": MODEL, "prompt": "Hi", "temperature": 5}, 400, "temperature", "from 0 to 2"),
-        ({"model": MODEL, "prompt": "Hi", "n": 2}, 400, "n", "must be 1"),
-        ({"model": MODEL, "prompt": "Hi", "logprobs": 50}, 400, "logprobs", "from 0 to 20"),
-        ({"model": MODEL, "prompt": "Hi", "stop": 5}, 400, "stop", "a string or a list"),
-        ({"model": MODEL, "prompt": "Hello " * 300}, 400, "prompt", "context window of 256"),
-        ({"model": MODEL, "prompt": "Hi", "logit_bias": {"99999": 5}}, 400, "logit_bias", "99999"),
+        ({"model": E2E_MODEL}, 400, "prompt", "is required"),
+        ({"model": E2E_MODEL, "prompt": "Hi", "temperature": 5}, 400, "temperature", "from 0 to 2"),
+        ({"model": E2E_MODEL, "prompt": "Hi", "n": 2}, 400, "n", "must be 1"),
+        ({"model": E2E_MODEL, "prompt": "Hi", "logprobs": 50}, 400, "logprobs", "from 0 to 20"),
+        ({"model": E2E_MODEL, "prompt": "Hi", "stop": 5}, 400, "stop", "a string or a list"),
+        ({"model": E2E_MODEL, "prompt": "Hello " * 300}, 400, "prompt", "context window of 256"),
+        ({"model": E2E_MODEL, "prompt": "Hi", "logit_bias": {"99999": 5}}, 400, "logit_bias", "99999"),
     ],
 )
 def test_a_bad_completion_gets_openais_error_naming_the_field(
@@ -350,10 +349,10 @@ def test_a_bad_completion_gets_openais_error_naming_the_field(
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"model": MODEL, "messages": []}, "messages"),
-        ({"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
-        ({"model": MODEL, "messages": MESSAGES, "tools": [{"type": "function"}]}, "tools"),
-        ({"model": MODEL, "messages": MESSAGES, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": E2E_MODEL, "messages": []}, "messages"),
+        ({"model": E2E_MODEL, "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"model": E2E_MODEL, "messages": MESSAGES, "tools": [{"type": "function"}]}, "tools"),
+        ({"model": E2E_MODEL, "messages": MESSAGES, "top_logprobs": 2}, "top_logprobs"),
     ],
 )
 def test_a_bad_chat_gets_openais_error_naming_the_field(
@@ -366,7 +365,7 @@ def test_a_bad_chat_gets_openais_error_naming_the_field(
 
 def test_the_openai_client_raises_the_servers_error(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="'temperature' must be from 0 to 2"):
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=3)
+        client.chat.completions.create(model=E2E_MODEL, messages=MESSAGES, temperature=3)
 
 
 # --- how ./serve presents it ---------------------------------------------------------------------

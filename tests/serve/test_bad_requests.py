@@ -28,8 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmtp_cog.serve.service import Served, serve_project
-
-from .conftest import ECHO_MODEL
+from tests.support.served_projects import ECHO_MODEL
 
 MODEL_ROUTE = f"/v1/models/someone/{ECHO_MODEL}/predictions"
 MODEL_INFO = json.dumps([["MODEL_INFO", {"stream_id": 1}]])

@@ -13,8 +13,7 @@ import pytest
 
 from lmtp_cog.cogserver import CogServer, CogServerError
 from lmtp_cog.serve.service import serve_project
-
-from .conftest import ECHO_MODEL
+from tests.support.served_projects import ECHO_MODEL
 
 MODEL_INFO = {"ops_batch_json": json.dumps([["MODEL_INFO", {"stream_id": 1}]])}
 

@@ -28,10 +28,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.paths import REPO_ROOT as TOOLKIT_ROOT
 from lmtp_cog.serve.sse import Event, parse_events
-
-from .conftest import ECHO_MODEL, SETUP_FAILS, make_work_dir
+from tests.support.paths import REPO_ROOT as TOOLKIT_ROOT
+from tests.support.served_projects import ECHO_MODEL, SETUP_FAILS, make_work_dir
 
 SERVE_SCRIPT = TOOLKIT_ROOT / "serve"
 VENV_PYTHON = TOOLKIT_ROOT / ".venv" / "bin" / "python"

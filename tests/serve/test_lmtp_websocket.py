@@ -27,14 +27,13 @@ import aiohttp
 import pytest
 
 from lmtp_cog.build import BuildOptions, build
-from tests.support.paths import REPO_ROOT as TOOLKIT_ROOT
 from lmtp_cog.serve.banner import banner
 from lmtp_cog.serve.errors import ServeError
 from lmtp_cog.serve.lmtp_frames import Command, answer_messages, parse_command
 from lmtp_cog.serve.service import Served, serve_project
 from lmtp_cog.tiny_models import make_model
-
-from .conftest import ECHO_MODEL
+from tests.support.paths import REPO_ROOT as TOOLKIT_ROOT
+from tests.support.served_projects import ECHO_MODEL
 
 # LMQL never closes the websocket task of a model it is done with; the garbage collector does,
 # at some later point of the session, and Python reports that as an unraisable exception.

@@ -26,8 +26,7 @@ from replicate.exceptions import ReplicateError
 from lmtp_cog.serve.redirect import redirect_replicate_api
 from lmtp_cog.serve.service import Served, serve_project
 from lmtp_cog.serve.sse import Event, parse_events
-
-from .conftest import ECHO_MODEL
+from tests.support.served_projects import ECHO_MODEL
 
 
 @pytest.fixture(scope="module")
