@@ -28,8 +28,13 @@ class CogRefused(ServeError):
         self.body = body
 
 
-class CogDown(ServeError, ConnectionError):
-    """The Cog server died; ``str()`` is the one sentence that says so (and names its log).
+class CogUnreachable(ServeError, ConnectionError):
+    """The Cog server cannot be reached; ``str()`` is the one sentence that says so.
 
-    A ``ConnectionError`` too: whatever handles a lost connection to Cog handles this one.
+    A ``ConnectionError`` too: whatever handles a lost connection to Cog handles this one. Each
+    API answers it its own way (a 503, an LMTP error line) with this same sentence.
     """
+
+
+class CogDown(CogUnreachable):
+    """The Cog server died; ``str()`` is the one sentence that says so (and names its log)."""

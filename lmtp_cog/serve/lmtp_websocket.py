@@ -24,7 +24,7 @@ import secrets
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .errors import CogDown, CogRefused
+from .errors import CogRefused, CogUnreachable
 from .lmtp_frames import Command, FrameError, answer_messages, frame_error_message, parse_command
 from .prediction import Prediction
 from .project import ServedModel
@@ -155,11 +155,8 @@ class _Connection:
         except CogRefused as refused:
             self._send(command.error_message(f"the Cog server refused the command: {refused.body}"))
             return
-        except CogDown as down:
-            self._send(command.error_message(str(down)))
-            return
-        except OSError as error:
-            self._send(command.error_message(f"the Cog server cannot be reached: {error}"))
+        except CogUnreachable as unreachable:
+            self._send(command.error_message(str(unreachable)))
             return
         if self._closed.is_set():  # the client left while Cog was being asked
             await self._runner.cancel(prediction)

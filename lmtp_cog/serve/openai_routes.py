@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import CogDown, CogRefused
+from .errors import CogRefused, CogUnreachable
 from .openai_api import (
     GENERATE_STREAM,
     SCORE_STREAM,
@@ -388,12 +388,8 @@ class _Run:
             raise ApiError(
                 500, "Model error", f"the Cog server refused the request: {refused.body}"
             ) from None
-        except CogDown as down:
-            raise ApiError(503, "Model unavailable", str(down)) from None
-        except OSError as error:
-            raise ApiError(
-                503, "Model unavailable", f"the Cog server cannot be reached: {error}"
-            ) from None
+        except CogUnreachable as unreachable:
+            raise ApiError(503, "Model unavailable", str(unreachable)) from None
 
     async def _lines(self) -> AsyncIterator[dict[str, Any]]:
         prediction = self._prediction

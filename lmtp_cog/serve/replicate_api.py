@@ -43,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import CogDown, CogRefused
+from .errors import CogRefused, CogUnreachable
 from .prediction import Prediction
 from .problems import ApiError, json_response
 from .project import ServedModel
@@ -148,12 +148,8 @@ class ReplicateApi:
             await self.runner.submit(prediction)
         except CogRefused as refused:
             raise _refusal_error(refused) from None
-        except CogDown as down:
-            raise ApiError(503, "Model unavailable", str(down)) from None
-        except OSError as error:
-            raise ApiError(
-                503, "Model unavailable", f"the Cog server cannot be reached: {error}"
-            ) from None
+        except CogUnreachable as unreachable:
+            raise ApiError(503, "Model unavailable", str(unreachable)) from None
         self._add(prediction)
         wait = _preferred_wait(request.headers.get("Prefer", ""))
         headers = {}

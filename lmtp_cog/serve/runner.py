@@ -27,7 +27,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .cog_client import AsyncCogClient, AsyncStarted, Busy, Rejected
-from .errors import CogDown, CogRefused
+from .errors import CogDown, CogRefused, CogUnreachable
 from .prediction import Prediction
 from .pulse import Pulse
 
@@ -56,10 +56,13 @@ class PredictionRunner:
         Raises:
             CogRefused: Cog refused the prediction (422 for an input that fails the schema).
             CogDown: the Cog server died (:meth:`fail_all` said so).
-            OSError: the Cog server cannot be reached.
+            CogUnreachable: the Cog server cannot be reached.
         """
         self._check_up()
-        answer = await self._cog.start(prediction.id, prediction.input)
+        try:
+            answer = await self._cog.start(prediction.id, prediction.input)
+        except OSError as error:
+            raise CogUnreachable(f"the Cog server cannot be reached: {error}") from error
         if isinstance(answer, Rejected):
             raise CogRefused(answer.status, answer.body)
         if self._down is not None:  # died while Cog was being asked
