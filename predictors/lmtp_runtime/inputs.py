@@ -4,7 +4,8 @@
 (cog >= 0.22, ``pkg/schema/python``): every default, bound and description must be written there
 as a literal, or cog silently drops it (an input whose default it cannot read becomes required).
 So the builder renders ``run()``'s signature from :data:`RUN_INPUTS`, value by value, and the
-runtime takes its defaults from the same rows (:func:`default_of`): the two cannot drift.
+runtime takes its defaults from the same rows (:func:`input_defaults`, and the ``DEFAULT_*``
+constants the rows are written with): the two cannot drift.
 
 Stdlib only: the builder imports this module without torch or cog.
 """
