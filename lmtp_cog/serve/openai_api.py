@@ -271,19 +271,24 @@ class TokenDecoder:
     def _alternatives(self, line: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
         top = line.get("top_logprobs") or {}
         ranked = sorted(top.items(), key=lambda item: -float(item[1]))
-        return tuple(
-            (token_text(self._tokenizer, self._context, int(token)), float(logprob))
-            for token, logprob in ranked
-        )
+        texts = token_texts(self._tokenizer, self._context, [int(token) for token, _ in ranked])
+        return tuple((text, float(logprob)) for text, (_, logprob) in zip(texts, ranked, strict=True))
 
 
-def token_text(tokenizer: Any, context: Sequence[int], token: int) -> str:
-    """What ``token`` adds after ``context`` (special tokens spelled out)."""
+def token_texts(tokenizer: Any, context: Sequence[int], tokens: Sequence[int]) -> list[str]:
+    """What each of ``tokens`` would add after ``context`` (special tokens spelled out).
+
+    The context is decoded once for all of them: this runs for every generated token.
+    """
     before = tokenizer.decode(list(context), clean_up_tokenization_spaces=False)
-    after = tokenizer.decode([*context, token], clean_up_tokenization_spaces=False)
-    if after.startswith(before):
-        return after[len(before) :]
-    return tokenizer.decode([token], clean_up_tokenization_spaces=False)
+    texts = []
+    for token in tokens:
+        after = tokenizer.decode([*context, token], clean_up_tokenization_spaces=False)
+        if after.startswith(before):
+            texts.append(after[len(before) :])
+        else:
+            texts.append(tokenizer.decode([token], clean_up_tokenization_spaces=False))
+    return texts
 
 
 def prompt_logprobs(
