@@ -15,10 +15,12 @@ here: the mapping onto the model is :mod:`.openai_api`, the HTTP is :mod:`.opena
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from lmtp_runtime.checks import is_integer, is_number
+from lmtp_runtime.requests import MIN_TEMPERATURE
 
 from .problems import ApiError
 
@@ -26,8 +28,6 @@ MAX_TOP_LOGPROBS = 20
 """The most alternatives per token OpenAI's chat API gives (its legacy API gives 5)."""
 PENALTY_RANGE = 2.0
 MAX_TEMPERATURE = 2.0
-MIN_SAMPLING_TEMPERATURE = 1e-6
-"""The runtime's smallest temperature above 0; anything lower is greedy decoding."""
 MAX_LOGIT_BIAS = 100.0
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 """The roles a message may have, and the role the chat template gets (OpenAI's newer name for
@@ -156,7 +156,7 @@ def _sampling(fields: _Fields, max_tokens: int | None) -> Sampling:
         raise _invalid("top_p", "must be above 0")
     return Sampling(
         max_tokens=max_tokens,
-        temperature=0.0 if temperature < MIN_SAMPLING_TEMPERATURE else temperature,
+        temperature=0.0 if temperature < MIN_TEMPERATURE else temperature,  # below: greedy
         top_p=top_p,
         seed=fields.integer("seed", minimum=0),
         presence_penalty=fields.number(
@@ -190,7 +190,7 @@ def _prompt(value: Any) -> str | tuple[int, ...]:
         value = value[0]
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(_is_integer(item) for item in value):
+    if isinstance(value, list) and value and all(is_integer(item) for item in value):
         return tuple(value)
     if value is None:
         raise _invalid("prompt", "is required (a string)")
@@ -252,7 +252,7 @@ def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
     for key, bias in value.items():
         if not (isinstance(key, str) and key.isascii() and key.isdecimal()):
             raise _invalid("logit_bias", f"has key {_preview(key)}, which is not a token id")
-        if not _is_number(bias) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+        if not is_number(bias) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
             raise _invalid("logit_bias", f"gives token {key} {_preview(bias)}, not in [-100, 100]")
         pairs.append((int(key), float(bias)))
     return tuple(pairs)
@@ -289,7 +289,7 @@ class _Fields:
             return None
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if not _is_integer(value):
+        if not is_integer(value):
             raise _invalid(name, f"must be an integer, got {_preview(value)}")
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
@@ -300,7 +300,7 @@ class _Fields:
         value = self._body.get(name)
         if value is None:
             return default
-        if not _is_number(value):
+        if not is_number(value):
             raise _invalid(name, f"must be a number, got {_preview(value)}")
         if not minimum <= value <= maximum:
             raise _invalid(name, f"must be from {minimum:g} to {maximum:g}, got {value:g}")
@@ -313,16 +313,6 @@ class _Fields:
 
 def _invalid(param: str, problem: str) -> ApiError:
     return ApiError(400, "Bad request", f"'{param}' {problem}", param=param)
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
 
 
 def _preview(value: Any) -> str:
