@@ -28,6 +28,7 @@ from .errors import CogRefused, CogUnreachable
 from .lmtp_frames import Command, FrameError, answer_messages, frame_error_message, parse_command
 from .prediction import Prediction
 from .project import ServedModel
+from .request_body import MAX_BODY_BYTES
 from .runner import PredictionRunner
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,9 @@ log = logging.getLogger(__name__)
 LMQL_DEFAULT_PORT = 8080
 """The port of ``lmql serve-model`` and of LMQL's default endpoint, ``localhost:8080``."""
 
-MAX_MESSAGE_BYTES = 64 * 2**20
-"""The largest command accepted (aiohttp's default is 4 MiB). Every GENERATE of LMQL carries the
-whole prompt and a ``logit_bias`` mask that can cover much of the vocabulary: about 2 MB for a
-150k-token vocabulary, before the prompt."""
+MAX_MESSAGE_BYTES = MAX_BODY_BYTES
+"""The largest command accepted (aiohttp's default is 4 MiB): the same LMQL calls as the HTTP
+APIs take, so the same limit."""
 
 CLOSE_TIMEOUT = 5.0
 """Seconds a closing websocket waits for the client's close frame."""
