@@ -27,7 +27,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from datetime import datetime
 from typing import Any
@@ -165,7 +165,14 @@ class OpenAiApi:
         envelope = Envelope.new("cmpl", completion.model)
         if completion.stream:
             return await self._stream_completion(
-                request, completion, prompt, envelope, outputs, decoder
+                request,
+                completion,
+                prompt,
+                envelope,
+                outputs,
+                decoder,
+                tokenizer=tokenizer,
+                scores_prompt=run.scores_prompt,
             )
         text, entries, scores = "", [], []
         async with aclosing(outputs):
@@ -204,11 +211,13 @@ class OpenAiApi:
         envelope: Envelope,
         outputs: AsyncIterator[Delta | list[dict[str, Any]]],
         decoder: TokenDecoder,
+        *,
+        tokenizer: Any,
+        scores_prompt: bool,
     ) -> web.StreamResponse:
         wants_logprobs = completion.logprobs is not None
         base = len(prompt.text) if completion.echo else 0
         echo_pending = completion.echo
-        scoring = completion.echo and wants_logprobs and len(prompt.ids) > 1
         held: list[Delta] = []
 
         def chunk(text: str, logprobs: dict[str, Any] | None, finish: str | None = None) -> Any:
@@ -216,32 +225,37 @@ class OpenAiApi:
                 envelope, text=text, logprobs=logprobs, finish_reason=finish, chunk=True
             )
 
-        def echo_chunk(scores: list[dict[str, Any]]) -> Any:
-            if not wants_logprobs:
-                return chunk(prompt.text, None)
-            entries = prompt_logprobs(self._tokenizer_or_503(), prompt, scores)
-            return chunk(prompt.text, completion_logprobs_json(entries))
+        def echo_then_held(scores: list[dict[str, Any]]) -> Iterator[Any]:
+            """The echoed prompt (with its scores' logprobs if asked), then the text held back
+            while it waited for them."""
+            if wants_logprobs:
+                entries = prompt_logprobs(tokenizer, prompt, scores)
+                yield chunk(prompt.text, completion_logprobs_json(entries))
+            else:
+                yield chunk(prompt.text, None)
+            for delta in held:
+                yield chunk(delta.text, _legacy(delta, wants_logprobs, base))
+            held.clear()
 
         async def events() -> AsyncIterator[Any]:
             nonlocal echo_pending
-            if echo_pending and not scoring:
+            if echo_pending and not scores_prompt:
                 echo_pending = False
-                yield echo_chunk([])
+                for event in echo_then_held([]):
+                    yield event
             async with aclosing(outputs):
                 async for output in outputs:
                     if not isinstance(output, Delta):  # the prompt's scores: the echo goes first
                         echo_pending = False
-                        yield echo_chunk(output)
-                        for delta in held:
-                            yield chunk(delta.text, _legacy(delta, wants_logprobs, base))
+                        for event in echo_then_held(output):
+                            yield event
                     elif echo_pending:
                         held.append(output)
                     else:
                         yield chunk(output.text, _legacy(output, wants_logprobs, base))
             if echo_pending:  # the scores never came (the text ended first): echo without them
-                yield echo_chunk([])
-                for delta in held:
-                    yield chunk(delta.text, _legacy(delta, wants_logprobs, base))
+                for event in echo_then_held([]):
+                    yield event
             yield chunk("", None, decoder.finish_reason)
             if completion.include_usage:
                 usage = usage_json(len(prompt.ids), decoder.completion_tokens)
@@ -334,12 +348,19 @@ class _Run:
         self._api = api
         self._ops = ops
         self._prompt_param = prompt_param
+        self._scored = sum(len(args["scored"]) for command, args in ops if command == "SCORE")
+        """How many prompt tokens the ops score: that many SCORE lines end the scores."""
         self._prediction = Prediction(
             id="openai-" + secrets.token_hex(10),
             model=api.model.ref,
             version=api.model.version_id,
             input=ops_input(ops),
         )
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Whether the ops score the prompt (an echo with logprobs): outputs() then yields them."""
+        return self._scored > 0
 
     async def outputs(self, decoder: TokenDecoder) -> AsyncIterator[Delta | list[dict[str, Any]]]:
         """What the request asked, as it comes: each :class:`Delta` of the generated text, and
@@ -350,7 +371,7 @@ class _Run:
             ApiError: the model refused the request (400 naming the field), or the prediction
                 failed (500) or could not run (503).
         """
-        scored = sum(len(args["scored"]) for command, args in self._ops if command == "SCORE")
+        scored = self._scored
         if not self._ops:
             return
         await self._submit()

@@ -174,6 +174,34 @@ def test_completion_logprobs_and_echo_equal_transformers_log_softmax(
         )
 
 
+@pytest.mark.parametrize("logprobs", [None, 3], ids=["echo", "echo-with-logprobs"])
+def test_a_streamed_echo_comes_first_and_adds_up_to_the_whole_completion(
+    client: openai.OpenAI, logprobs: int | None
+) -> None:
+    settings = {
+        "model": E2E_MODEL, "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "echo": True,
+        "logprobs": logprobs,
+    }
+    whole = client.completions.create(**settings)
+
+    chunks = [chunk.choices[0] for chunk in client.completions.create(**settings, stream=True)]
+
+    # The echoed prompt is the first chunk: generated text never goes before it.
+    assert chunks[0].text == PROMPT and len(chunks) > 2
+    assert "".join(chunk.text for chunk in chunks) == whole.choices[0].text
+    if logprobs is None:
+        assert all(chunk.logprobs is None for chunk in chunks)
+        return
+    streamed = [chunk.logprobs for chunk in chunks if chunk.logprobs and chunk.logprobs.tokens]
+    tokens = [token for entry in streamed for token in entry.tokens]
+    token_logprobs = [value for entry in streamed for value in entry.token_logprobs]
+    offsets = [offset for entry in streamed for offset in entry.text_offset]
+    assert tokens == whole.choices[0].logprobs.tokens
+    assert offsets == whole.choices[0].logprobs.text_offset
+    assert token_logprobs[0] is None
+    assert token_logprobs[1:] == pytest.approx(whole.choices[0].logprobs.token_logprobs[1:])
+
+
 def test_a_stop_sequence_ends_the_text_before_it(
     client: openai.OpenAI, reference: Reference
 ) -> None:
