@@ -14,7 +14,7 @@ The layers, from the wire inwards:
 - :mod:`.runner` queues every API's predictions and copies each one's events from Cog
   (:mod:`.prediction`), while :mod:`.health` watches Cog;
 - :mod:`.cog_client` speaks Cog's prediction endpoints and reads Cog's own event stream;
-- :mod:`.service` starts and stops the whole; :mod:`.cli` and :mod:`.banner` face the user;
+- :mod:`.service` starts and stops the whole; :mod:`.command` and :mod:`.banner` face the user;
 - :mod:`.redirect` points clients that hard-code api.replicate.com (LMQL, LiteLLM) here.
 """
 

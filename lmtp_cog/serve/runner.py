@@ -62,7 +62,7 @@ class PredictionRunner:
         try:
             answer = await self._cog.start(prediction.id, prediction.input)
         except OSError as error:
-            raise CogUnreachable(f"the Cog server cannot be reached: {error}") from error
+            raise _unreachable(error) from error
         if isinstance(answer, Rejected):
             raise CogRefused(answer.status, answer.body)
         if self._down is not None:  # died while Cog was being asked
@@ -123,7 +123,7 @@ class PredictionRunner:
         task.add_done_callback(self._tasks.discard)
 
     async def _wait_then_follow(self, prediction: Prediction) -> None:
-        answer: AsyncStarted | Busy | Rejected | OSError = Busy()
+        answer: AsyncStarted | Busy | Rejected | CogUnreachable = Busy()
         while isinstance(answer, Busy):
             if prediction not in self._queue:
                 return  # canceled while it waited
@@ -133,7 +133,7 @@ class PredictionRunner:
             try:
                 answer = await self._cog.start(prediction.id, prediction.input)
             except OSError as error:
-                answer = error
+                answer = _unreachable(error)
             if isinstance(answer, Busy):
                 await self._turn.wait(timeout=self._retry_interval)
         if prediction not in self._queue:  # canceled (or failed) while Cog was being asked
@@ -150,7 +150,7 @@ class PredictionRunner:
         elif isinstance(answer, Rejected):
             prediction.finish("failed", error=f"the Cog server refused the input: {answer.body}")
         else:
-            prediction.finish("failed", error=f"the Cog server cannot be reached: {answer}")
+            prediction.finish("failed", error=str(answer))
 
     async def _follow(self, prediction: Prediction, started: AsyncStarted) -> None:
         """Copy Cog's events into ``prediction`` until Cog's ``completed`` event."""
@@ -198,3 +198,7 @@ class PredictionRunner:
         except OSError as error:
             if not quiet:
                 log.warning("could not cancel %s on the Cog server: %s", prediction_id, error)
+
+
+def _unreachable(error: OSError) -> CogUnreachable:
+    return CogUnreachable(f"the Cog server cannot be reached: {error}")
