@@ -15,14 +15,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import hub
-from .checkpoints import link_checkpoints
-from .config import ModelSpec, ProjectConfig, did_you_mean, load_config
 from lmtp_runtime.checkpoint_kind import encoder_decoder_problem
 from lmtp_runtime.settings import describe_arguments
 
+from . import hub
+from .checkpoints import link_checkpoints
+from .config import ModelSpec, ProjectConfig, did_you_mean, load_config
 from .errors import BuildError, ConfigError, describe_os_error
 from .lockfile import Lockfile, lockfile_path
+from .paths import DEFAULT_WORK_DIR
 from .prequantize import prequantize_project
 from .render import render_project
 from .resolution import FileSelection, ResolvedModel
@@ -30,9 +31,6 @@ from .units import human_size
 from .workdir import Installation, check_target, generated_trees_equal, staging_area
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WORK_DIR = Path("work")
-"""``work/`` in the current directory: where ``./build`` writes and ``./serve`` looks."""
 
 Reporter = Callable[[str], None]
 
@@ -75,8 +73,7 @@ def build(options: BuildOptions, *, report: Reporter = print) -> BuildReport:
         LmtpCogError: with a one-sentence message; nothing in ``work/`` or the lock file changed.
     """
     config = load_config(options.config_path)
-    if hub.offline_wanted(options.offline) and not options.offline:
-        options = replace(options, offline=True)  # HF_HUB_OFFLINE=1 means --offline
+    options = replace(options, offline=hub.offline_wanted(options.offline))
     models = select_models(config, options.only)
     work_dir = (options.work_dir or DEFAULT_WORK_DIR).absolute()
     refuse_overlaps(config, models, work_dir=work_dir)

@@ -16,8 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .build import DEFAULT_WORK_DIR, BuildOptions, build
-from .paths import EXAMPLES_DIR
+from .build import BuildOptions, build
+from .paths import DEFAULT_WORK_DIR, EXAMPLES_DIR
 
 EXAMPLE_DIR = EXAMPLES_DIR / "tiny"
 MODEL_NAME = "tiny-llama"

@@ -1,4 +1,5 @@
-"""Where the toolkit's own files are: the templates, the runtime and its pins, the examples.
+"""Where the toolkit's own files are (the templates, the runtime and its pins, the examples),
+and where its output goes by default (``work/``).
 
 They are package data of the installed distribution (see pyproject.toml): ``templates/``,
 ``predictors/requirements.txt`` and ``examples/`` of a checkout are mapped to the packages
@@ -24,3 +25,6 @@ RUNTIME_PACKAGE_DIR = Path(lmtp_runtime.__file__).parent
 """The runtime copied into every generated project."""
 RUNTIME_REQUIREMENTS = _folder("lmtp_cog.predictors") / "requirements.txt"
 EXAMPLES_DIR = _folder("lmtp_cog.examples")
+
+DEFAULT_WORK_DIR = Path("work")
+"""``work/`` in the current directory: where ``./build`` writes and ``./serve`` looks."""

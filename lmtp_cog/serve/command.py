@@ -22,6 +22,7 @@ from typing import NoReturn
 
 from ..cogserver import CogServer, CogSetupTimeoutError
 from ..errors import LmtpCogError
+from ..paths import DEFAULT_WORK_DIR
 from .banner import banner
 from .errors import ServeError
 from .lmtp_websocket import LMQL_DEFAULT_PORT
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("name", metavar="NAME", help="the model, as named in config.toml")
     parser.add_argument(
-        "--work-dir", type=Path, default=Path("work"), metavar="DIR",
+        "--work-dir", type=Path, default=DEFAULT_WORK_DIR, metavar="DIR",
         help="where ./build put the projects (default: ./work)",
     )
     parser.add_argument(
