@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lmtp_runtime.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BATCH_SIZE,
     SETTINGS_FILE,
     HubSource,
     LoadOptions,
@@ -104,8 +106,8 @@ def local_model_settings(
     revision: str | None = None,
     commit: str | None = None,
     quantization: str = "none",
-    max_batch_size: int = 8,
-    concurrency: int = 8,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
     log_predictions: bool = False,
     **load: Any,
 ) -> dict[str, Any]:
