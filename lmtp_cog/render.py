@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from lmtp_runtime.inputs import RUN_INPUTS, CogInput, InputValue
+from lmtp_runtime.inputs import RUN_INPUTS, CogInput, InputValue, is_plain_text
 from lmtp_runtime.settings import ModelSettings, describe_arguments
 
 from lmtp_cog import __version__, paths
@@ -237,11 +237,11 @@ def python_literal(value: InputValue) -> str:
     """``value`` as Python source that ``ast.literal_eval`` and cog's static parser read back
     as ``value``: ``None``, an int, a float (``1.0`` stays a float) or a string.
 
-    cog copies a string literal's text without decoding escapes, so strings must be plain
-    ASCII without quotes or backslashes (``lmtp_runtime.inputs`` checks its descriptions).
+    Strings must be plain text (:func:`lmtp_runtime.inputs.is_plain_text`), which the table's
+    descriptions are checked to be.
     """
     if isinstance(value, str):
-        if not value.isascii() or not value.isprintable() or set(value) & {'"', "\\"}:
+        if not is_plain_text(value):
             raise BuildError(f"{value!r} cannot be written as a literal that cog reads back")
         return f'"{value}"'
     if isinstance(value, bool) or not isinstance(value, int | float | None):

@@ -12,15 +12,16 @@ Stdlib only: the builder imports this module without torch or cog.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 InputValue = str | int | float | None
 
-_PLAIN_TEXT = re.compile(r"[ -~]+")
-"""Printable ASCII. cog's parser copies a string literal's text between its quotes without
-decoding escapes, so a description holding a quote or a backslash would reach the schema
-altered; none may."""
+
+def is_plain_text(text: str) -> bool:
+    """Whether a string literal of ``text`` reads back as ``text`` in cog's parser: printable
+    ASCII without a quote or a backslash. cog copies the text between the quotes without
+    decoding escapes, so anything else would reach the schema altered."""
+    return text.isascii() and text.isprintable() and not set(text) & {'"', "\\"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class CogInput:
     le: int | float | None = None
 
     def __post_init__(self) -> None:
-        if not _PLAIN_TEXT.fullmatch(self.description) or set(self.description) & {'"', "\\"}:
+        if not self.description or not is_plain_text(self.description):
             raise ValueError(f"input {self.name}: the description must be plain ASCII text")
         if self.default is not None and not isinstance(self.default, self.type):
             raise ValueError(f"input {self.name}: the default must be a {self.type.__name__}")
