@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmtp_runtime.checks import is_integer, is_number
+from lmtp_runtime.inputs import PENALTY_RANGE
 from lmtp_runtime.requests import MIN_TEMPERATURE
 
 from .problems import ApiError
 
 MAX_TOP_LOGPROBS = 20
 """The most alternatives per token OpenAI's chat API gives (its legacy API gives 5)."""
-PENALTY_RANGE = 2.0
 MAX_TEMPERATURE = 2.0
 MAX_LOGIT_BIAS = 100.0
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}

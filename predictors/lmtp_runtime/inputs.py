@@ -63,6 +63,8 @@ DEFAULT_TOP_K = 0
 DEFAULT_REPETITION_PENALTY = 1.0
 DEFAULT_PRESENCE_PENALTY = 0.0
 DEFAULT_FREQUENCY_PENALTY = 0.0
+PENALTY_RANGE = 2.0
+"""``presence_penalty`` and ``frequency_penalty`` lie in [-2, 2], as for OpenAI and vLLM."""
 
 RUN_INPUTS: tuple[CogInput, ...] = (
     CogInput(
@@ -137,8 +139,8 @@ RUN_INPUTS: tuple[CogInput, ...] = (
         DEFAULT_PRESENCE_PENALTY,
         "Penalty for every token the output already holds, however often, as in OpenAI and "
         "vLLM; 0 is none.",
-        ge=-2.0,
-        le=2.0,
+        ge=-PENALTY_RANGE,
+        le=PENALTY_RANGE,
     ),
     CogInput(
         "frequency_penalty",
@@ -146,8 +148,8 @@ RUN_INPUTS: tuple[CogInput, ...] = (
         DEFAULT_FREQUENCY_PENALTY,
         "Penalty growing with how often a token already occurs in the output, as in OpenAI and "
         "vLLM; 0 is none.",
-        ge=-2.0,
-        le=2.0,
+        ge=-PENALTY_RANGE,
+        le=PENALTY_RANGE,
     ),
     CogInput(
         "stop_sequences",

@@ -27,10 +27,10 @@ from .requests import (
     MAX_PENALTY,
     MAX_SEED,
     MAX_TEMPERATURE,
-    MIN_TEMPERATURE,
     GenerationRequest,
     SamplingParams,
     ScoreRequest,
+    temperature_problem,
 )
 
 StreamId = None | bool | int | float | str
@@ -187,16 +187,9 @@ def _parse_generate(stream_id: StreamId, args: Mapping[str, Any], limits: Limits
             temperature=_temperature(args),
             # A top_k of the vocabulary or more keeps every token, as 0 does.
             top_k=min(_integer(args, "top_k", default=0, minimum=0), limits.vocab_size),
-            top_p=_number(
-                args, "top_p", default=1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True
-            ),
+            top_p=_number(args, "top_p", default=1.0, above=0.0, maximum=1.0),
             repetition_penalty=_number(
-                args,
-                "repetition_penalty",
-                default=1.0,
-                minimum=0.0,
-                maximum=MAX_PENALTY,
-                exclusive_minimum=True,
+                args, "repetition_penalty", default=1.0, above=0.0, maximum=MAX_PENALTY
             ),
             presence_penalty=_number(
                 args, "presence_penalty", default=0.0, minimum=-MAX_PENALTY, maximum=MAX_PENALTY
@@ -263,11 +256,9 @@ def _token_ids(args: Mapping[str, Any], name: str, limits: Limits) -> tuple[int,
 
 def _temperature(args: Mapping[str, Any]) -> float:
     temperature = _number(args, "temperature", default=0.0, minimum=0.0, maximum=MAX_TEMPERATURE)
-    if 0.0 < temperature < MIN_TEMPERATURE:
-        raise _FieldError(
-            f"field 'temperature' must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got "
-            f"{temperature:g}"
-        )
+    problem = temperature_problem(temperature)
+    if problem is not None:
+        raise _FieldError(f"field 'temperature' {problem}")
     return temperature
 
 
@@ -333,16 +324,14 @@ def _number(
     *,
     default: float,
     minimum: float | None = None,
+    above: float | None = None,
     maximum: float | None = None,
-    exclusive_minimum: bool = False,
 ) -> float:
     value = args.get(name)
     if value is None:
         return default
     try:
-        if exclusive_minimum:
-            return checks.number(value, above=minimum, maximum=maximum)
-        return checks.number(value, minimum=minimum, maximum=maximum)
+        return checks.number(value, minimum=minimum, above=above, maximum=maximum)
     except checks.Unexpected as unexpected:
         raise _FieldError(unexpected.sentence(f"field {name!r}")) from None
 

@@ -26,6 +26,14 @@ MIN_TEMPERATURE = 1e-6
 MAX_TEMPERATURE = 1e6
 
 
+def temperature_problem(temperature: float) -> str | None:
+    """What is wrong with a temperature already in [0, MAX_TEMPERATURE], said after its name
+    (each front end names it its own way); ``None``: nothing."""
+    if 0.0 < temperature < MIN_TEMPERATURE:
+        return f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {temperature:g}"
+    return None
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How a generation picks tokens. The defaults change nothing: greedy, unpenalised."""

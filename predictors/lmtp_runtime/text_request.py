@@ -29,17 +29,17 @@ from .inputs import (
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
+    PENALTY_RANGE,
 )
-from .requests import MAX_PENALTY, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE, SamplingParams
+from .requests import (
+    MAX_PENALTY,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    SamplingParams,
+    temperature_problem,
+)
 
 Mode = Literal["text", "lmtp"]
-
-MAX_NEW_TOKENS_ALIASES = ("max_length", "max_tokens")
-"""Other names of ``max_new_tokens``: older Replicate LLMs', and OpenAI-style clients'."""
-MIN_NEW_TOKENS_ALIASES = ("min_tokens",)
-"""Other names of ``min_new_tokens``: newer Replicate LLMs'."""
-PENALTY_RANGE = 2.0
-"""``presence_penalty`` and ``frequency_penalty`` lie in [-2, 2], as for OpenAI and vLLM."""
 
 
 @dataclass(frozen=True)
@@ -185,10 +185,9 @@ def _temperature(value: object) -> float:
     temperature = _number(
         "temperature", value, DEFAULT_TEMPERATURE, minimum=0.0, maximum=MAX_TEMPERATURE
     )
-    if 0.0 < temperature < MIN_TEMPERATURE:
-        raise TextInputError(
-            f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {temperature:g}."
-        )
+    problem = temperature_problem(temperature)
+    if problem is not None:
+        raise TextInputError(f"temperature {problem}.")
     return temperature
 
 
