@@ -165,6 +165,7 @@ def test_the_replicate_api_passes_the_422_on(served: Served) -> None:
     [
         ({"prompt": "hi", "top_p": 0}, "top_p must be a number above 0"),
         ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty must be a number above 0"),
+        ({"prompt": "hi", "temperature": 1e-7}, "temperature must be 0 (greedy) or at least 1e-06"),
         ({"prompt": "hi", "ops_batch_json": "[]"}, "not both"),
         ({"system_prompt": "Be brief."}, "Give a prompt to generate text, or ops_batch_json"),
     ],
