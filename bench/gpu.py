@@ -33,7 +33,6 @@ path); the LM head alone is scaled up so that the greedy choice is not a near-ti
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
 import gc
@@ -1187,38 +1186,6 @@ def serve_variant(
 # --- the build and cold starts ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def prequantize_keeps_pythonpath() -> Iterator[None]:
-    """Let the builder's quantizing subprocess see this process's ``PYTHONPATH`` too.
-
-    lmtp_cog.prequantize runs it with ``PYTHONPATH`` set to the staged project alone, so on a
-    machine whose bitsandbytes (or newer transformers) comes from ``PYTHONPATH`` (bench/gpu.sh
-    installs the carried wheels that way) the quantization would fail or use other versions.
-    Only the call made from the builder's module is changed, and only while building.
-    """
-    import lmtp_cog.prequantize as prequantize
-
-    inherited = os.environ.get("PYTHONPATH")
-    real = prequantize.subprocess
-
-    class _Subprocess:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        @staticmethod
-        def run(*args: Any, **kwargs: Any) -> Any:
-            env = kwargs.get("env")
-            if inherited and env is not None and env.get("PYTHONPATH"):
-                kwargs["env"] = {**env, "PYTHONPATH": env["PYTHONPATH"] + os.pathsep + inherited}
-            return real.run(*args, **kwargs)
-
-    prequantize.subprocess = _Subprocess()  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        prequantize.subprocess = real
-
-
 def build_prequantized(checkpoint: Path, root: Path) -> dict[str, Any]:
     """``./build --prequantize`` of a config naming the checkpoint as a local 8-bit model."""
     from lmtp_cog.build import BuildOptions, build
@@ -1234,8 +1201,9 @@ def build_prequantized(checkpoint: Path, root: Path) -> dict[str, Any]:
     )
     lines: list[str] = []
     started = time.perf_counter()
-    with prequantize_keeps_pythonpath():
-        build(BuildOptions(config_path=config, work_dir=root / "work", prequantize=True), report=lines.append)
+    # The quantizing subprocess inherits PYTHONPATH after the staged project (lmtp_cog.prequantize),
+    # so the carried bitsandbytes and transformers wheels that bench/gpu.sh puts there are used.
+    build(BuildOptions(config_path=config, work_dir=root / "work", prequantize=True), report=lines.append)
     project = root / "work" / MODEL_NAME
     return {
         "seconds": time.perf_counter() - started,
