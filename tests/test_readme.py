@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from lmtp_cog.cogserver import free_port
 from tests.support.paths import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
@@ -41,12 +41,6 @@ def marked_blocks() -> list[Block]:
     return [Block(kind, text) for kind, text in MARKED_BLOCK.findall(README.read_text())]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder that looks like the repository to its commands, with a work/ of its own."""
@@ -58,7 +52,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ports() -> tuple[int, int]:
-    return _free_port(), _free_port()
+    return free_port(), free_port()
 
 
 def _with_ports(text: str, ports: tuple[int, int]) -> str:

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmtp_cog.serve.banner import banner
 from lmtp_cog.serve.service import Served
-from tests.support.served_projects import E2E_MODEL, E2E_OWNER
+from tests.support.served_projects import E2E_MODEL, E2E_OWNER, banner_snippet
 
 PROMPT = "The quick brown"
 MESSAGES = [
@@ -401,8 +401,8 @@ def test_the_openai_client_raises_the_servers_error(client: openai.OpenAI) -> No
 
 def test_the_banners_openai_snippets_run_as_printed(served: Served, built_project: Path) -> None:
     text = banner(served, project_dir=built_project, startup_seconds=1.0)
-    python = _snippet(text, "OpenAI Python client")
-    curl = _snippet(text, "OpenAI-compatible API with curl")
+    python = banner_snippet(text, "OpenAI Python client")
+    curl = banner_snippet(text, "OpenAI-compatible API with curl")
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -413,9 +413,3 @@ def test_the_banners_openai_snippets_run_as_printed(served: Served, built_projec
     assert printed.getvalue().strip()  # the model's answer (sampled: OpenAI's default is T = 1)
     [choice] = json.loads(ran.stdout)["choices"]
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
-
-
-def _snippet(banner_text: str, heading: str) -> str:
-    """The indented code block after the line starting with ``heading``, dedented."""
-    after = banner_text[banner_text.index("\n" + heading) :].split("\n\n", 2)[1]
-    return "\n".join(line.removeprefix("    ") for line in after.splitlines())

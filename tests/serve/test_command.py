@@ -29,11 +29,8 @@ import aiohttp
 import pytest
 
 from lmtp_cog.serve.sse import Event, parse_events
-from tests.support.paths import REPO_ROOT as TOOLKIT_ROOT
-from tests.support.served_projects import ECHO_MODEL, SETUP_FAILS, make_work_dir
-
-SERVE_SCRIPT = TOOLKIT_ROOT / "serve"
-VENV_PYTHON = TOOLKIT_ROOT / ".venv" / "bin" / "python"
+from tests.support.paths import SERVE_SCRIPT, VENV_PYTHON
+from tests.support.served_projects import ECHO_MODEL, SETUP_FAILS, banner_snippet, make_work_dir
 
 
 @dataclass
@@ -123,12 +120,6 @@ def _cog_pid(output: str) -> int:
     return int(match.group(1))
 
 
-def _snippet(banner: str, heading: str) -> str:
-    """The indented code block after the line starting with ``heading``, dedented."""
-    after = banner[banner.index("\n" + heading) :].split("\n\n", 2)[1]
-    return "\n".join(line.removeprefix("    ") for line in after.splitlines())
-
-
 def test_an_unknown_model_is_one_sentence_that_suggests_build(work_dir: Path) -> None:
     run = _run_serve("no-such-model", "--work-dir", str(work_dir), cwd=work_dir.parent)
 
@@ -175,13 +166,13 @@ def test_the_banners_snippets_work_and_sigterm_stops_both_servers(work_dir: Path
         cog_pid = _cog_pid(banner)
 
         curl = subprocess.run(
-            ["bash", "-c", _snippet(banner, "curl")], capture_output=True, text=True, timeout=30
+            ["bash", "-c", banner_snippet(banner, "curl")], capture_output=True, text=True, timeout=30
         )
         replicate_client = subprocess.run(
-            [str(VENV_PYTHON), "-c", _snippet(banner, "Replicate Python client")],
+            [str(VENV_PYTHON), "-c", banner_snippet(banner, "Replicate Python client")],
             capture_output=True, text=True, timeout=60,
         )
-        compile(_snippet(banner, "LMQL"), "<LMQL snippet>", "exec")
+        compile(banner_snippet(banner, "LMQL"), "<LMQL snippet>", "exec")
 
         assert '"status": "succeeded"' in curl.stdout and "echo-model" in curl.stdout, curl
         assert replicate_client.returncode == 0, replicate_client.stderr

@@ -32,7 +32,7 @@ from lmtp_cog.serve.errors import ServeError
 from lmtp_cog.serve.lmtp_frames import Command, answer_messages, parse_command
 from lmtp_cog.serve.service import Served, serve_project
 from lmtp_cog.tiny_models import make_model
-from tests.support.paths import REPO_ROOT as TOOLKIT_ROOT
+from tests.support.paths import SERVE_SCRIPT
 from tests.support.served_projects import ECHO_MODEL
 
 # LMQL never closes the websocket task of a model it is done with; the garbage collector does,
@@ -416,7 +416,7 @@ def test_a_port_in_use_is_reported_before_the_model_is_loaded(work_dir: Path) ->
 
 def test_help_names_the_lmtp_port_and_its_default() -> None:
     run = subprocess.run(
-        [str(TOOLKIT_ROOT / "serve"), "--help"], capture_output=True, text=True, timeout=60
+        [str(SERVE_SCRIPT), "--help"], capture_output=True, text=True, timeout=60
     )
 
     assert run.returncode == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
@@ -11,13 +10,7 @@ from lmtp_cog.serve.cog_client import AsyncCogClient
 from lmtp_cog.serve.errors import CogDown, CogUnreachable
 from lmtp_cog.serve.prediction import Prediction
 from lmtp_cog.serve.runner import PredictionRunner
-
-
-def _closed_port() -> int:
-    """A port nothing listens on: bound once, then let go."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.support.builds import closed_endpoint
 
 
 def _prediction() -> Prediction:
@@ -35,7 +28,7 @@ async def _submit(runner: PredictionRunner, cog: AsyncCogClient) -> BaseExceptio
 
 
 def test_a_cog_server_nobody_listens_on_is_one_sentence_not_an_oserror() -> None:
-    cog = AsyncCogClient(f"http://127.0.0.1:{_closed_port()}")
+    cog = AsyncCogClient(closed_endpoint())
 
     error = asyncio.run(_submit(PredictionRunner(cog), cog))
 
@@ -45,7 +38,7 @@ def test_a_cog_server_nobody_listens_on_is_one_sentence_not_an_oserror() -> None
 
 
 def test_after_cog_died_every_prediction_is_refused_with_the_reason() -> None:
-    cog = AsyncCogClient(f"http://127.0.0.1:{_closed_port()}")
+    cog = AsyncCogClient(closed_endpoint())
     runner = PredictionRunner(cog)
     runner.fail_all("the Cog worker of m died while serving; see work/_logs/m.cog-1.log.")
 

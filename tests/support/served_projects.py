@@ -29,3 +29,9 @@ def make_work_dir(root: Path) -> Path:
     shutil.copytree(SERVE_FIXTURES / "echo_model", work / ECHO_MODEL)
     shutil.copytree(SERVE_FIXTURES / "setup_fails", work / SETUP_FAILS)
     return work
+
+
+def banner_snippet(banner: str, heading: str) -> str:
+    """The indented code block after the banner's line starting with ``heading``, dedented."""
+    after = banner[banner.index("\n" + heading) :].split("\n\n", 2)[1]
+    return "\n".join(line.removeprefix("    ") for line in after.splitlines())
