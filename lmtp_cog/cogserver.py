@@ -19,13 +19,12 @@ running prediction with "Worker crashed", answers the next one "Broken pipe" and
 
 Its few blocking requests (``health``, ``predict``, ``request``) use aiohttp's client, as ./serve
 does on its event loop (:mod:`lmtp_cog.serve.cog_client`): one HTTP client for Cog everywhere,
-here run to completion on a loop of its own for each call.
+here run on the process's one blocking loop (:mod:`lmtp_cog.blocking`), as the blocking
+``CogClient`` runs too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -35,12 +34,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
+from .blocking import run_blocking
 from .cog_interface import DeclaredPredictor, openapi_schema, read_predictor
 from .errors import LmtpCogError
 
@@ -262,7 +262,7 @@ class CogServer:
             ValueError: an answer that is not JSON.
             OSError: no answer within ``timeout`` seconds, or the server cannot be reached.
         """
-        return _blocking(_request_json(self.url, method, path, body, timeout=timeout))
+        return run_blocking(_request_json(self.url, method, path, body, timeout=timeout))
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Stop the server's whole process group (its worker too)."""
@@ -287,20 +287,6 @@ class CogServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-T = TypeVar("T")
-
-
-def _blocking(work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` to completion on a loop of its own: on this thread, or, if this thread runs a
-    loop already (a caller inside async code), on another one."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(work)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, work).result()
 
 
 async def _request_json(

@@ -4,7 +4,8 @@ This is ./serve's one HTTP client for Cog: aiohttp's ``ClientSession``. :class:`
 runs on the event loop that runs the APIs; :class:`CogClient` is its blocking twin for scripts and
 tests that follow predictions from threads (the same client, run on a loop thread of its own).
 (:class:`~lmtp_cog.cogserver.CogServer`'s blocking ``health``/``predict``, used before the loop
-runs, make their one-shot requests with aiohttp too.)
+runs, make their one-shot requests with aiohttp too, on the same loop thread:
+:mod:`lmtp_cog.blocking`.)
 
 We ask Cog for its own server-sent events (``Accept: text/event-stream``) rather than for webhooks
 (``Prefer: respond-async`` + ``webhook``). Measured on the test model with a chunk every 20 ms,
@@ -28,14 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
+from ..blocking import blocking_loop, run_blocking
 from .sse import Event, EventParser
 
 CONNECT_TIMEOUT = 10.0
@@ -178,14 +179,11 @@ class AsyncCogClient:
             raise ConnectionError(_describe(error)) from error
 
 
-T = TypeVar("T")
-
-
 class CogClient:
     """:class:`AsyncCogClient`, blocking: for threads that follow predictions themselves.
 
-    Each call runs on one event loop thread shared by every blocking client of the process, with
-    a session of its own (a started prediction keeps its session until :meth:`Started.close`).
+    Each call runs on the process's one blocking loop (:mod:`lmtp_cog.blocking`), with a session
+    of its own (a started prediction keeps its session until :meth:`Started.close`).
     """
 
     def __init__(self, base_url: str) -> None:
@@ -210,7 +208,7 @@ class CogClient:
                 await client.close()
             return answer
 
-        answer = _run_blocking(start())
+        answer = run_blocking(start())
         return Started(answer, client) if isinstance(answer, AsyncStarted) else answer
 
     def cancel(self, prediction_id: str) -> None:
@@ -224,7 +222,7 @@ class CogClient:
             finally:
                 await client.close()
 
-        _run_blocking(cancel())
+        run_blocking(cancel())
 
 
 class Started:
@@ -245,37 +243,18 @@ class Started:
             await events.aclose()
 
         try:
-            while (event := _run_blocking(following())) is not None:
+            while (event := run_blocking(following())) is not None:
                 yield event
         finally:
             # Not waited for: this may run wherever the garbage collector closes the generator.
-            asyncio.run_coroutine_threadsafe(stop(), _blocking_loop())
+            asyncio.run_coroutine_threadsafe(stop(), blocking_loop())
 
     def close(self) -> None:
         async def close() -> None:
             self._started.close()
             await self._client.close()
 
-        _run_blocking(close())
-
-
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def _run_blocking(work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` on the blocking clients' loop thread; its result."""
-    return asyncio.run_coroutine_threadsafe(work, _blocking_loop()).result()
-
-
-def _blocking_loop() -> asyncio.AbstractEventLoop:
-    """The loop every blocking client runs on, on a thread of its own (started on first use)."""
-    global _loop
-    with _loop_lock:
-        if _loop is None:
-            _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="cog-client", daemon=True).start()
-        return _loop
+        run_blocking(close())
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
