@@ -125,21 +125,31 @@ def _serve(args: argparse.Namespace) -> NoReturn:
     project = find_project(args.work_dir, args.name)
     _say(f"serving {read_build_info(project).describe()}")
     started = time.monotonic()
-    progress: list[SetupProgress] = []
+    # The setup lines of the Cog server's log, shown while setup() runs; None before the server
+    # starts and once setup is over (what the log gets later is the predictions').
+    progress: SetupProgress | None = None
+    log_path = "the Cog server's log"
 
     def announce(cog: CogServer) -> None:
+        nonlocal progress, log_path
         pid = cog.process.pid if cog.process is not None else "?"
         _say(
             f"starting the Cog server (pid {pid}) for {args.name}; setup() loads the model "
             f"(log: {cog.log_path})"
         )
-        progress.append(
-            SetupProgress(cog.log_path, say=_say, quiet_seconds=args.quiet_setup_seconds)
-        )
+        log_path = str(cog.log_path)
+        progress = SetupProgress(cog.log_path, say=_say, quiet_seconds=args.quiet_setup_seconds)
 
     def setup_wait(waited: float) -> None:
-        for shown in progress:
-            shown(waited)
+        if progress is not None:
+            progress(waited)
+
+    def setup_over() -> None:
+        """Show the setup lines not shown yet, once: setup() ended, one way or another."""
+        nonlocal progress
+        if progress is not None:
+            progress.flush()
+            progress = None
 
     try:
         with serve_project(
@@ -152,19 +162,16 @@ def _serve(args: argparse.Namespace) -> NoReturn:
             on_cog_started=announce,
             on_setup_wait=setup_wait,
         ) as served:
-            for shown in progress:
-                shown.flush()
+            setup_over()
             _say(banner(served, project_dir=project, startup_seconds=time.monotonic() - started))
             raise ServeError(_wait_until_down(served))
     except CogSetupTimeoutError:
-        log_path = progress[0].log_path if progress else "the Cog server's log"
         raise ServeError(
             f"setup() of {args.name} did not finish within {args.setup_timeout:g} s (allow it "
             f"more with --setup-timeout SECONDS); see {log_path}."
         ) from None
     finally:
-        for shown in progress:
-            shown.flush()
+        setup_over()
 
 
 def _wait_until_down(served: Served) -> str:
