@@ -40,7 +40,6 @@ from huggingface_hub import (
     hf_hub_download,
     hf_hub_url,
     snapshot_download,
-    try_to_load_from_cache,
 )
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.file_download import repo_folder_name
@@ -490,14 +489,15 @@ def fetch(
         endpoint=endpoint,
         cache_dir=cache_dir,
     )
-    cached = {file.path: _cached(origin, resolved.commit, file.path) for file in resolved.files}
-    missing = [path for path, local in cached.items() if local is None]
+    snapshot = origin.snapshot_dir(resolved.commit)
+    local = {file.path: snapshot / file.path for file in resolved.files}
+    missing = [path for path, file in local.items() if not file.is_file()]
     if not missing:
-        return {path: local for path, local in cached.items() if local is not None}
+        return local
     if offline:
         raise _not_in_cache(origin, commit=resolved.commit, detail=f"missing {_few(missing)}")
     with _hub_errors(origin):
-        snapshot = snapshot_download(
+        snapshot_download(
             origin.repo,
             revision=resolved.commit,
             # Exact paths: glob.escape keeps a '[' or '*' in a file name from matching others.
@@ -507,7 +507,6 @@ def fetch(
             token=token,
             max_workers=FETCH_WORKERS,
         )
-    local = {file.path: Path(snapshot) / file.path for file in resolved.files}
     absent = [path for path, file in local.items() if not file.is_file()]
     if absent:
         raise errors.HubError(
@@ -515,14 +514,6 @@ def fetch(
             f"{resolved.commit}; run ./build --update to resolve the revision again."
         )
     return local
-
-
-def _cached(origin: _Origin, commit: str, path: str) -> Path | None:
-    """The cache's file for ``path`` at ``commit``, without a request; ``None`` if absent."""
-    found = try_to_load_from_cache(
-        origin.repo, path, cache_dir=origin.cache_dir, revision=commit
-    )
-    return Path(found) if isinstance(found, str) else None
 
 
 def _local_files(resolved: ResolvedModel, root: Path) -> dict[str, Path]:
