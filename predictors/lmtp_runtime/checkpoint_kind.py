@@ -1,8 +1,8 @@
 """Whether a checkpoint is one LMTP can serve, decided from its ``config.json`` alone.
 
 LMTP scores and extends one token sequence, which only decoder-only (causal) language models do.
-The builder asks before it fetches weights or writes anything; the runtime asks again before it
-loads (and then also asks transformers whether the architecture loads as a causal LM). Stdlib
+The builder asks once the checkpoint's files are fetched, before it writes anything; the runtime
+asks again before it loads (and then also asks transformers whether the architecture loads as a causal LM). Stdlib
 only, so the builder can import it without torch.
 """
 
