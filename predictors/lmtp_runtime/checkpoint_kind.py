@@ -2,8 +2,8 @@
 
 LMTP scores and extends one token sequence, which only decoder-only (causal) language models do.
 The builder asks once the checkpoint's files are fetched, before it writes anything; the runtime
-asks again before it loads (and then also asks transformers whether the architecture loads as a causal LM). Stdlib
-only, so the builder can import it without torch.
+asks again before it loads (and then also asks transformers whether the architecture loads as a
+causal LM). Stdlib only, so the builder can import it without torch.
 """
 
 from __future__ import annotations
