@@ -28,6 +28,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from lmtp_runtime.inputs import OPS_BATCH_JSON
+
 log = logging.getLogger(__name__)
 
 KINDS = ("TOKEN", "MSG")
@@ -56,12 +58,28 @@ class Command:
 
     def cog_input(self) -> dict[str, str]:
         """The input of the one Cog prediction that answers this command."""
-        return {"ops_batch_json": json.dumps([[self.name, self.args]])}
+        return ops_batch_input([[self.name, self.args]])
 
     def error_message(self, error: str) -> str:
         """``error`` as LMQL's server reports a failure of this command."""
         kind = "TOKEN" if self.name in STREAMED_COMMANDS else "MSG"
         return _message(kind, [{"stream_id": self.stream_id, "error": error}])
+
+
+def ops_batch_input(ops: list[list[Any]]) -> dict[str, str]:
+    """The Cog input of the prediction that runs ``ops`` (``[[COMMAND, args], ...]``)."""
+    return {OPS_BATCH_JSON: json.dumps(ops)}
+
+
+def output_line(line: str) -> tuple[str, dict[str, Any]] | None:
+    """``(KIND, object)`` of one line of the model's output (``KIND {json}``); ``None`` for a
+    line that is not one. The kind is not checked: callers keep the kinds they read."""
+    kind, _, body = line.partition(" ")
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    return (kind, payload) if isinstance(payload, dict) else None
 
 
 def parse_command(text: str) -> Command:
@@ -98,14 +116,11 @@ def answer_messages(chunk: str, command: Command) -> list[str]:
     for line in chunk.splitlines():
         if not line:
             continue
-        kind, _, body = line.partition(" ")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            payload = None
-        if kind not in KINDS or not isinstance(payload, dict):
+        parsed = output_line(line)
+        if parsed is None or parsed[0] not in KINDS:
             log.warning("left out a line of the model's output, not LMTP: %s", _preview(line))
             continue
+        kind, payload = parsed
         payload["stream_id"] = command.stream_id
         if kind != batch_kind and batch:
             messages.append(_message(batch_kind, batch))

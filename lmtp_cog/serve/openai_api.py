@@ -26,7 +26,6 @@ tokens belongs to the second); an alternative's text is what it would have added
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -143,11 +142,6 @@ def lmtp_ops(
             args["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias}
         ops.append(["GENERATE", args])
     return ops
-
-
-def ops_input(ops: list[list[Any]]) -> dict[str, str]:
-    """The Cog input of the prediction that runs ``ops``."""
-    return {"ops_batch_json": json.dumps(ops)}
 
 
 # --- the model's answer --------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from .errors import CogRefused, CogUnreachable
+from .lmtp_frames import ops_batch_input, output_line
 from .openai_api import (
     GENERATE_STREAM,
     SCORE_STREAM,
@@ -51,7 +52,6 @@ from .openai_api import (
     completion_logprobs_json,
     completion_prompt,
     lmtp_ops,
-    ops_input,
     prompt_logprobs,
     usage_json,
 )
@@ -354,7 +354,7 @@ class _Run:
             id="openai-" + secrets.token_hex(10),
             model=api.model.ref,
             version=api.model.version_id,
-            input=ops_input(ops),
+            input=ops_batch_input(ops),
         )
 
     @property
@@ -418,13 +418,10 @@ class _Run:
             if event is None or event.name != "output":
                 continue
             for line in event.data.splitlines():
-                kind, _, text = line.partition(" ")
-                try:
-                    payload = json.loads(text)
-                except ValueError:
+                parsed = output_line(line)
+                if parsed is None:
                     continue
-                if not isinstance(payload, dict):
-                    continue
+                kind, payload = parsed
                 if payload.get("error") is not None:
                     raise self._model_error(str(payload["error"]))
                 if kind == "TOKEN":
