@@ -17,7 +17,6 @@ import pytest
 
 from tests.support.builds import (
     BUILD_SCRIPT,
-    BuildRun,
     Project,
     closed_endpoint,
     files_under,
@@ -33,13 +32,6 @@ OPTIONS = ("--config", "--work-dir", "--only", "--dry-run", "--offline", "--upda
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project(tmp_path / "models", endpoint=closed_endpoint())
-
-
-def _one_error_line(run: BuildRun) -> str:
-    assert run.returncode == 1, run
-    assert len(run.stderr_lines) == 1 and "Traceback" not in run.stderr, run
-    assert run.stderr.startswith("error: "), run
-    return run.stderr_lines[0]
 
 
 def _environment(tmp_path: Path) -> dict[str, str]:
@@ -90,7 +82,7 @@ def test_list_prints_each_model_and_fetches_nothing(project: Project) -> None:
 def test_only_with_an_unknown_name_suggests_the_closest(project: Project) -> None:
     project.write_config(model_table("tiny-8bit", "acme/tiny"), model_table("other", "acme/other"))
 
-    line = _one_error_line(project.build("--only", "tiny-8bt"))
+    line = project.build("--only", "tiny-8bt").one_error_line()
 
     assert "'tiny-8bt'" in line and "did you mean 'tiny-8bit'?" in line
     assert str(project.config_path) in line
@@ -103,7 +95,7 @@ def test_verbose_adds_the_traceback_to_the_error(project: Project) -> None:
     quiet = project.build()
     verbose = project.build("-v")
 
-    line = _one_error_line(quiet)
+    line = quiet.one_error_line()
     assert "config.load_in_9bit" in line
     assert verbose.returncode == 1, verbose
     assert "Traceback (most recent call last)" in verbose.stderr
@@ -114,7 +106,7 @@ def test_without_config_toml_it_says_how_to_make_one(tmp_path: Path) -> None:
     folder = tmp_path / "fresh-clone"
     folder.mkdir()
 
-    line = _one_error_line(run_build([], env=_environment(tmp_path), cwd=folder))
+    line = run_build([], env=_environment(tmp_path), cwd=folder).one_error_line()
 
     assert "config.toml" in line and "`cp config.toml.example config.toml`" in line
     assert not any(folder.iterdir())

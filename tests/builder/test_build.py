@@ -128,16 +128,6 @@ def _ok(run: BuildRun) -> None:
     assert run.returncode == 0, run
 
 
-def _one_error_line(run: BuildRun) -> str:
-    """The build failed the way the CLI promises: exit 1, one ``error:`` line, no traceback."""
-    assert run.returncode == 1, run
-    assert len(run.stderr_lines) == 1, run
-    assert "Traceback" not in run.stderr, run
-    line = run.stderr_lines[0]
-    assert line.startswith("error: "), run
-    return line
-
-
 # --- LMQL's own configuration --------------------------------------------------------------------
 
 
@@ -372,9 +362,8 @@ def test_hf_hub_offline_means_offline(project: Project, hub: HubServer, publish:
     assert project.lock()["models"]["cached"]["commit"] == hub.head(repo)
 
     project.write_config(model_table("never-fetched", publish()))
-    line = _one_error_line(
-        run_build(["--config", str(project.config_path)], env=environment, cwd=project.root)
-    )
+    run = run_build(["--config", str(project.config_path)], env=environment, cwd=project.root)
+    line = run.one_error_line()
     assert "never-fetched" in line and "HF_HUB_OFFLINE" in line
 
 
@@ -383,7 +372,7 @@ def test_offline_with_an_empty_cache_names_the_model(project: Project, publish: 
 
     run = project.build("--offline", endpoint=closed_endpoint())
 
-    line = _one_error_line(run)
+    line = run.one_error_line()
     assert "never-fetched" in line and "without --offline" in line
     assert not project.work_dir.exists() and not project.lock_path.exists()
 
@@ -502,7 +491,7 @@ def test_a_failed_build_leaves_work_and_lock_as_they_were(
 
     run = project.build()
 
-    line = _one_error_line(run)
+    line = run.one_error_line()
     for fragment in breakage.expected:
         assert fragment in line, run
     assert snapshot(project.work_dir) == work_before
@@ -521,7 +510,7 @@ def test_gated_repo_without_a_token_says_how_to_get_access(
     repo = publish(gated_token=TOKEN)
     project.write_config(model_table("gated", repo))
 
-    line = _one_error_line(project.build())
+    line = project.build().one_error_line()
 
     assert "gated" in line and repo in line
     assert "accept its license" in line and "HF_TOKEN" in line
@@ -609,7 +598,7 @@ def test_encoder_decoder_checkpoint_is_refused(
 ) -> None:
     project.write_config(model_table("t5-tiny", publish(encoder_decoder)))
 
-    line = _one_error_line(project.build())
+    line = project.build().one_error_line()
 
     assert "t5-tiny" in line and "encoder-decoder" in line and "decoder-only" in line
     assert not project.work_dir.exists() and not project.lock_path.exists()

@@ -41,13 +41,6 @@ def project(tmp_path: Path, tiny_checkpoint: Callable[[str], Path]) -> Project:
     return project
 
 
-def one_error_line(run: BuildRun) -> str:
-    assert run.returncode == 1, run
-    assert len(run.stderr_lines) == 1 and "Traceback" not in run.stderr, run
-    assert run.stderr_lines[0].startswith("error: "), run
-    return run.stderr_lines[0]
-
-
 # --- folders that are not ours ---------------------------------------------------------------------
 
 
@@ -58,7 +51,7 @@ def test_a_folder_the_builder_did_not_make_is_refused_and_kept(project: Project)
     (target / "predict.py").write_text("# my own predictor\n")
     before = snapshot(project.work_dir)
 
-    line = one_error_line(project.build())
+    line = project.build().one_error_line()
 
     assert str(target) in line and "--force" in line and "not made by ./build" in line
     assert snapshot(project.work_dir) == before
@@ -105,7 +98,7 @@ def test_a_work_dir_that_is_a_file_is_one_sentence(project: Project) -> None:
     work = project.root / "work"
     work.write_text("not a folder\n")
 
-    line = one_error_line(project.build())
+    line = project.build().one_error_line()
 
     assert str(work) in line and "--work-dir" in line
     assert work.read_text() == "not a folder\n"
@@ -115,7 +108,7 @@ def test_a_target_that_is_a_file_is_refused(project: Project) -> None:
     project.work_dir.mkdir()
     (project.work_dir / "local").write_text("a file where the project goes\n")
 
-    line = one_error_line(project.build())
+    line = project.build().one_error_line()
 
     assert "local exists and is not a folder" in line
     assert (project.work_dir / "local").read_text() == "a file where the project goes\n"
@@ -133,14 +126,14 @@ def test_a_checkpoint_inside_a_build_folder_is_refused(project: Project, where: 
     project.write_config(model_table("local", f"./{where}"), model_table("other", f"./{where}"))
     before = snapshot(project.root)
 
-    line = one_error_line(project.build())
+    line = project.build().one_error_line()
 
     assert f"./{where}" in line and "overlap" in line and "huggingface.repo" in line
     assert snapshot(project.root) == before
 
 
 def test_a_work_dir_inside_the_checkpoint_is_refused(project: Project) -> None:
-    line = one_error_line(project.build("--work-dir", str(project.root / "model" / "work")))
+    line = project.build("--work-dir", str(project.root / "model" / "work")).one_error_line()
     assert "overlap" in line
     assert not (project.root / "model" / "work").exists()
 
@@ -238,7 +231,7 @@ def test_an_unwritable_work_dir_is_one_sentence(project: Project, read_only: str
     finally:
         locked.chmod(0o755)
 
-    line = one_error_line(run)
+    line = run.one_error_line()
     assert "permission denied" in line and "--work-dir" in line and str(work) in line
     assert not (work / "local").exists()
 
@@ -256,7 +249,7 @@ def test_an_unwritable_lock_file_folder_changes_nothing(
     finally:
         project.root.chmod(0o755)
 
-    line = one_error_line(run)
+    line = run.one_error_line()
     assert "lock file" in line and "permission denied" in line
     assert not project.lock_path.exists()
     assert not (work / "hub").exists()
@@ -274,7 +267,7 @@ def test_an_unwritable_hugging_face_cache_is_one_sentence(
     finally:
         project.hf_cache.chmod(0o755)
 
-    line = one_error_line(run)
+    line = run.one_error_line()
     assert "Hugging Face cache" in line and "permission denied" in line and "HF_HUB_CACHE" in line
     assert not project.work_dir.exists() and not project.lock_path.exists()
 
@@ -285,7 +278,7 @@ def test_a_file_size_limit_is_one_sentence(project: Project) -> None:
 
     run = _build_as_user(project, preexec_fn=limit_file_size)
 
-    line = one_error_line(run)
+    line = run.one_error_line()
     assert "ulimit -f" in line
     assert not (project.work_dir / "local").exists()
     assert project.staging_leftovers() == []
@@ -326,7 +319,7 @@ def test_a_full_disk_is_one_sentence_and_changes_nothing(
 def test_a_corrupt_config_json_is_one_sentence(project: Project, content: bytes, says: str) -> None:
     (project.root / "model" / "config.json").write_bytes(content)
 
-    line = one_error_line(project.build())
+    line = project.build().one_error_line()
 
     assert "model 'local'" in line and says in line and "re-download" in line
     assert not project.work_dir.exists()

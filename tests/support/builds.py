@@ -127,6 +127,15 @@ class BuildRun:
     def stderr_lines(self) -> list[str]:
         return self.stderr.splitlines()
 
+    def one_error_line(self) -> str:
+        """The build failed the way the CLI promises: exit 1, one ``error:`` line, no traceback;
+        that line."""
+        assert self.returncode == 1, self
+        assert len(self.stderr_lines) == 1 and "Traceback" not in self.stderr, self
+        line = self.stderr_lines[0]
+        assert line.startswith("error: "), self
+        return line
+
     def __str__(self) -> str:
         """For assertion messages: everything needed to see why a run did what it did."""
         return (
