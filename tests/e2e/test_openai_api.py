@@ -23,10 +23,10 @@ from typing import Any
 import openai
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmtp_cog.serve.banner import banner
 from lmtp_cog.serve.service import Served
+from tests.support.lmtp_reference import Reference
 from tests.support.served_projects import E2E_MODEL, E2E_OWNER, banner_snippet
 
 PROMPT = "The quick brown"
@@ -38,46 +38,6 @@ MAX_TOKENS = 12
 
 # LiteLLM's import builds pydantic models that warn about typing details of its own.
 pytestmark = pytest.mark.filterwarnings("ignore:Item .* is using the .ReadOnly. qualifier")
-
-
-class Reference:
-    """The checkpoint in plain transformers, float32: what the served model must answer."""
-
-    def __init__(self, checkpoint: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-        self.eos = self.tokenizer.eos_token_id
-
-    def prompt_ids(self, text: str) -> list[int]:
-        """A completion's prompt, tokenized as a tokenizer does by default."""
-        return self.tokenizer(text).input_ids
-
-    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat template's text with the generation prompt, tokenized as it is."""
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    @torch.no_grad()
-    def logprobs(self, ids: list[int]) -> torch.Tensor:
-        """``log_softmax`` of the next-token logits after every prefix of ``ids``."""
-        return torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), dim=-1)
-
-    def greedy(self, prompt: list[int], n: int) -> list[int]:
-        """Greedy decoding by full recomputation, stopped after an end-of-sequence token."""
-        ids = list(prompt)
-        for _ in range(n):
-            ids.append(int(self.logprobs(ids)[-1].argmax()))
-            if ids[-1] == self.eos:
-                break
-        return ids[len(prompt) :]
-
-    def text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode([i for i in ids if i != self.eos], skip_special_tokens=True)
-
-    def finish_reason(self, generated: list[int]) -> str:
-        return "stop" if generated and generated[-1] == self.eos else "length"
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +68,8 @@ def _post(served: Served, path: str, body: bytes | Any) -> tuple[int, dict[str, 
 def test_a_greedy_completion_equals_transformers_greedy_decoding(
     client: openai.OpenAI, reference: Reference
 ) -> None:
-    prompt = reference.prompt_ids(PROMPT)
-    expected = reference.greedy(prompt, MAX_TOKENS)
+    prompt = reference.completion_ids(PROMPT)
+    expected = reference.greedy_ids(prompt, MAX_TOKENS)
 
     completion = client.completions.create(
         model=E2E_MODEL, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0
@@ -117,7 +77,7 @@ def test_a_greedy_completion_equals_transformers_greedy_decoding(
 
     [choice] = completion.choices
     assert choice.text == reference.text(expected) and choice.text.strip()
-    assert choice.finish_reason == reference.finish_reason(expected)
+    assert choice.finish_reason == reference.ended_by(expected)
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (
         len(prompt),
@@ -146,8 +106,8 @@ def test_a_streamed_completion_adds_up_to_the_whole_one(client: openai.OpenAI) -
 def test_completion_logprobs_and_echo_equal_transformers_log_softmax(
     client: openai.OpenAI, reference: Reference
 ) -> None:
-    prompt = reference.prompt_ids(PROMPT)
-    generated = reference.greedy(prompt, 6)
+    prompt = reference.completion_ids(PROMPT)
+    generated = reference.greedy_ids(prompt, 6)
     dist = reference.logprobs(prompt + generated)
 
     completion = client.completions.create(
@@ -205,7 +165,7 @@ def test_a_streamed_echo_comes_first_and_adds_up_to_the_whole_completion(
 def test_a_stop_sequence_ends_the_text_before_it(
     client: openai.OpenAI, reference: Reference
 ) -> None:
-    generated = reference.greedy(reference.prompt_ids(PROMPT), MAX_TOKENS)
+    generated = reference.greedy_ids(reference.completion_ids(PROMPT), MAX_TOKENS)
     whole = reference.text(generated)
     # A stop phrase the greedy answer reaches after its first tokens, so that it cuts the answer.
     stop = reference.text(generated[:4])[-3:]
@@ -232,7 +192,7 @@ def test_a_greedy_chat_equals_transformers_on_the_chat_templates_ids(
     client: openai.OpenAI, reference: Reference
 ) -> None:
     prompt = reference.chat_ids(MESSAGES)
-    expected = reference.greedy(prompt, MAX_TOKENS)
+    expected = reference.greedy_ids(prompt, MAX_TOKENS)
     dist = reference.logprobs(prompt + expected)
 
     chat = client.chat.completions.create(
@@ -243,11 +203,11 @@ def test_a_greedy_chat_equals_transformers_on_the_chat_templates_ids(
     [choice] = chat.choices
     assert choice.message.role == "assistant"
     assert choice.message.content == reference.text(expected)
-    assert choice.finish_reason == reference.finish_reason(expected)
+    assert choice.finish_reason == reference.ended_by(expected)
     assert chat.usage is not None
     assert (chat.usage.prompt_tokens, chat.usage.completion_tokens) == (len(prompt), len(expected))
     assert choice.logprobs is not None and choice.logprobs.content is not None
-    shown = [token for token in expected if token != reference.eos]
+    shown = [token for token in expected if token not in reference.eos_ids]
     assert len(choice.logprobs.content) == len(shown)
     for j, entry in enumerate(choice.logprobs.content):
         step = dist[len(prompt) + j - 1]
@@ -295,7 +255,7 @@ def test_an_openai_request_and_an_lmtp_prediction_share_the_model(
     served: Served, client: openai.OpenAI, reference: Reference
 ) -> None:
     """Sent at once: both are served, by the one Cog server (its log names both predictions)."""
-    prompt = reference.prompt_ids("Once upon")
+    prompt = reference.completion_ids("Once upon")
     ops = [["GENERATE", {"stream_id": 1, "prompt": prompt, "max_tokens": 8, "temperature": 0}]]
 
     def lmtp() -> dict[str, Any]:
@@ -319,9 +279,9 @@ def test_an_openai_request_and_an_lmtp_prediction_share_the_model(
 
     lines = "".join(finished["output"]).splitlines()
     tokens = [json.loads(line.removeprefix("TOKEN "))["token"] for line in lines]
-    assert status == 200 and tokens == reference.greedy(prompt, 8)
+    assert status == 200 and tokens == reference.greedy_ids(prompt, 8)
     answer = raw_chat.parse().choices[0].message.content
-    assert answer == reference.text(reference.greedy(reference.chat_ids(MESSAGES), 8))
+    assert answer == reference.text(reference.greedy_ids(reference.chat_ids(MESSAGES), 8))
     log = served.cog.log_path.read_text()
     assert prediction["id"] in log and "openai-" in log
 

@@ -32,6 +32,7 @@ from lmtp_cog.serve.errors import ServeError
 from lmtp_cog.serve.lmtp_frames import Command, answer_messages, parse_command
 from lmtp_cog.serve.service import Served, serve_project
 from lmtp_cog.tiny_models import make_model
+from tests.support.lmtp_reference import Reference
 from tests.support.paths import SERVE_SCRIPT
 from tests.support.served_projects import ECHO_MODEL
 
@@ -88,50 +89,6 @@ def echo(work_dir: Path) -> Iterator[Served]:
         yield served
 
 
-class Reference:
-    """The checkpoint in plain transformers, float32: what the served model must answer."""
-
-    def __init__(self, checkpoint: Path) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-
-    def prompt_ids(self, text: str) -> list[int]:
-        """The ids LMQL sends for ``text``: BOS, then the text's tokens."""
-        return [self.tokenizer.bos_token_id, *self.ids(text)]
-
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def logprobs(self, ids: list[int]) -> Any:
-        """``log_softmax`` of the next-token logits after every prefix of ``ids``."""
-        import torch
-
-        with torch.no_grad():
-            return torch.log_softmax(self.model(torch.tensor([ids])).logits[0], dim=-1)
-
-    def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-        """Greedy decoding, stopped after the first end-of-sequence token."""
-        ids = list(prompt_ids)
-        for _ in range(max_new_tokens):
-            ids.append(int(self.logprobs(ids)[-1].argmax()))
-            if ids[-1] == self.tokenizer.eos_token_id:
-                break
-        return ids[len(prompt_ids) :]
-
-    def text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(
-            [i for i in ids if i != self.tokenizer.eos_token_id], skip_special_tokens=True
-        )
-
-    def score(self, prompt_ids: list[int], scored: list[int]) -> list[float]:
-        """What SCORE answers: the log-probability of each scored token after what precedes it."""
-        dist = self.logprobs([*prompt_ids, *scored])
-        return [float(dist[len(prompt_ids) - 1 + j, token]) for j, token in enumerate(scored)]
-
-
 @pytest.fixture(scope="module")
 def reference(project: Path) -> Reference:
     return Reference(project / "checkpoints")
@@ -153,9 +110,9 @@ def test_an_argmax_query_with_stops_at_equals_transformers_greedy_decoding(
 ) -> None:
     import lmql
 
-    greedy = reference.text(reference.greedy(reference.prompt_ids("Hello"), MAX_TOKENS - 1))
+    greedy = reference.text(reference.greedy_ids(reference.encode("Hello"), MAX_TOKENS - 1))
     # A stop phrase the greedy answer reaches within its first tokens, so that it cuts the answer.
-    stop = reference.text(reference.greedy(reference.prompt_ids("Hello"), 4))[-2:]
+    stop = reference.text(reference.greedy_ids(reference.encode("Hello"), 4))[-2:]
     expected = greedy[: greedy.index(stop) + len(stop)]
     assert stop.strip() and len(expected) < len(greedy)
 
@@ -186,7 +143,7 @@ def test_a_distribution_query_gives_the_normalised_scores_of_the_model(
     means = [
         sum(scores) / len(scores)
         for scores in (
-            reference.score(reference.prompt_ids(prefix), reference.ids(value)) for value in values
+            reference.score(reference.encode(prefix), reference.ids(value)) for value in values
         )
     ]
     total = sum(math.exp(mean) for mean in means)
@@ -250,7 +207,7 @@ def _replicate_generate(api_url: str, prompt: list[int], max_tokens: int) -> lis
 def test_concurrent_commands_of_two_clients_and_the_replicate_api_each_get_their_own_answer(
     served: Served, reference: Reference
 ) -> None:
-    prompts = [reference.prompt_ids(text) for text in ("Hello", "The quick brown", "Who are")]
+    prompts = [reference.encode(text) for text in ("Hello", "The quick brown", "Who are")]
     scored = reference.ids(" world. The answer")
 
     async def one_client(prompt_order: list[list[int]]) -> tuple[list[list[int]], list[float]]:
@@ -271,7 +228,7 @@ def test_concurrent_commands_of_two_clients_and_the_replicate_api_each_get_their
 
     (first, first_scores), (second, second_scores), via_api = asyncio.run(everyone())
 
-    expected = [reference.greedy(prompt, 6) for prompt in prompts]
+    expected = [reference.greedy_ids(prompt, 6) for prompt in prompts]
     assert first == expected
     assert second == expected[::-1]
     assert via_api == expected[1]
@@ -391,7 +348,7 @@ def test_the_banners_lmql_snippet_runs_as_printed(
     with contextlib.redirect_stdout(output):
         exec("\n".join(line.removeprefix("    ") for line in snippet.splitlines()), {})
 
-    expected = reference.text(reference.greedy(reference.prompt_ids("Hello"), 9))
+    expected = reference.text(reference.greedy_ids(reference.encode("Hello"), 9))
     assert f"LMTP websocket (LMQL)     ws://{served.lmtp_endpoint}/" in text
     assert "redirect" not in snippet
     assert f"'WHO': {expected!r}" in output.getvalue()

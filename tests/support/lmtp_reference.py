@@ -212,7 +212,46 @@ class Reference:
 
     def encode(self, text: str) -> list[int]:
         """BOS + the text's ids, the way LMQL builds prompts."""
-        return [self.tokenizer.bos_token_id, *self.tokenizer.encode(text, add_special_tokens=False)]
+        return [self.tokenizer.bos_token_id, *self.ids(text)]
+
+    def ids(self, text: str) -> list[int]:
+        """The text's own ids, no special tokens (an LMQL ``distribution`` value, say)."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def completion_ids(self, text: str) -> list[int]:
+        """An OpenAI completion's prompt, tokenized as a tokenizer does by default."""
+        return self.tokenizer(text).input_ids
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The chat template's text with the generation prompt, tokenized as it is."""
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def text(self, ids: Sequence[int]) -> str:
+        """The decoded text of generated ids, end-of-sequence tokens left out."""
+        return self.tokenizer.decode(
+            [i for i in ids if i not in self.eos_ids], skip_special_tokens=True
+        )
+
+    @torch.no_grad()
+    def logprobs(self, ids: Sequence[int]) -> torch.Tensor:
+        """``log_softmax`` of the next-token logits after every prefix of ``ids`` (one pass)."""
+        return torch.log_softmax(self.model(torch.tensor([list(ids)])).logits[0].float(), dim=-1)
+
+    def greedy_ids(self, prompt: Sequence[int], max_tokens: int) -> list[int]:
+        """Greedy decoding by full recomputation, stopped after an end-of-sequence token."""
+        ids = list(prompt)
+        for _ in range(max_tokens):
+            ids.append(int(self.logprobs(ids)[-1].argmax()))
+            if ids[-1] in self.eos_ids:
+                break
+        return ids[len(prompt) :]
+
+    def ended_by(self, generated: Sequence[int]) -> str:
+        """OpenAI's ``finish_reason`` of ``generated``: ``stop`` after an end-of-sequence token."""
+        return "stop" if generated and generated[-1] in self.eos_ids else "length"
 
     @torch.no_grad()
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
