@@ -1010,7 +1010,8 @@ def test_a_bundled_example_without_its_checkpoint_says_how_to_make_it(
     assert (error.model, error.key) == ("tiny", "huggingface.repo")
 
 
-def test_the_bundled_example_is_package_data() -> None:
+def test_examples_dir_resolves_to_the_bundled_example() -> None:
+    """Through the ``lmtp_cog.examples`` package mapping (the wheel itself: tests/test_packaging)."""
     assert (paths.EXAMPLES_DIR / "tiny" / "config.toml").is_file()
 
 
