@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "lmtp-cog-bench"
 _COMPLETE_MARKER = ".complete.json"
@@ -70,6 +71,41 @@ def ensure_checkpoint(spec: ModelSpec, *, cache_dir: Path = DEFAULT_CACHE_DIR) -
 
 
 def _make_checkpoint(spec: ModelSpec, out_dir: Path) -> None:
+    save_random_llama(
+        out_dir,
+        layers=spec.layers,
+        hidden=spec.hidden,
+        heads=spec.heads,
+        kv_heads=spec.heads,
+        intermediate=spec.intermediate,
+        vocab_size=spec.vocab_size,
+        context_length=spec.context_length,
+        initializer_range=spec.initializer_range,
+        seed=spec.seed,
+    )
+
+
+def save_random_llama(
+    out_dir: Path,
+    *,
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
+    vocab_size: int,
+    context_length: int,
+    initializer_range: float,
+    seed: int,
+    lm_head_scale: float = 1.0,
+    dtype: Any = None,
+    device: str = "cpu",
+) -> None:
+    """Save a random-weight Llama of this shape, with the small tokenizer, into ``out_dir``.
+
+    Used by this benchmark and by bench/gpu.py, which makes it on the GPU (a 7B model's random
+    initialisation takes minutes on CPUs) and saves it in ``dtype`` (default float32).
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -78,21 +114,26 @@ def _make_checkpoint(spec: ModelSpec, out_dir: Path) -> None:
     tokenizer = make_tokenizer(out_dir)
     pad_id, bos_id, eos_id = (tokenizer.convert_tokens_to_ids(t) for t in (PAD, BOS, EOS))
     config = LlamaConfig(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
-        max_position_embeddings=spec.context_length,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=context_length,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        initializer_range=spec.initializer_range,
+        initializer_range=initializer_range,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    if lm_head_scale != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(lm_head_scale)
+    model = model.to(torch.float32 if dtype is None else dtype)
     model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     model.save_pretrained(str(out_dir))
 

@@ -15,8 +15,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 COLD_BACKENDS = ("ours", "lmql", "floor")
 _PROMPT = [1, *range(100, 115)]
@@ -32,24 +34,37 @@ class ColdStart:
 
 def measure(backend: str, *, checkpoint_dir: Path) -> ColdStart:
     """One cold start of ``backend`` in a fresh interpreter."""
+    result, spawned = run_child(
+        [__file__, "--backend", backend, "--checkpoint", str(checkpoint_dir)],
+        what=f"cold start of {backend}",
+    )
+    return ColdStart(
+        setup_to_first_token_s=result["setup_to_first_token_s"],
+        process_to_first_token_s=result["first_token_epoch_s"] - spawned,
+    )
+
+
+def run_child(
+    argv: Sequence[str], *, what: str, timeout_s: float | None = None
+) -> tuple[dict[str, Any], float]:
+    """Run ``python ARGV...`` offline in a fresh interpreter: the JSON of its last ``RESULT``
+    line, and the epoch time it was spawned at (its ``first_token_epoch_s`` counts from there).
+    Also bench/gpu.py's cold starts."""
     spawned = time.time()
     completed = subprocess.run(
-        [sys.executable, __file__, "--backend", backend, "--checkpoint", str(checkpoint_dir)],
+        [sys.executable, *argv],
         capture_output=True,
         text=True,
+        timeout=timeout_s,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
         check=False,
     )
     result_lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     if completed.returncode != 0 or not result_lines:
         raise RuntimeError(
-            f"cold start of {backend} failed (exit {completed.returncode}): {completed.stderr[-2000:]}"
+            f"{what} failed (exit {completed.returncode}): {completed.stderr[-2000:]}"
         )
-    result = json.loads(result_lines[-1].removeprefix("RESULT "))
-    return ColdStart(
-        setup_to_first_token_s=result["setup_to_first_token_s"],
-        process_to_first_token_s=result["first_token_epoch_s"] - spawned,
-    )
+    return json.loads(result_lines[-1].removeprefix("RESULT ")), spawned
 
 
 # --- the child ----------------------------------------------------------------------------------

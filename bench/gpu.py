@@ -338,42 +338,30 @@ def start_watchdog(record: Record, *, after_s: float) -> None:
 def make_checkpoint(shape: Shape, *, dtype: torch.dtype, device: str, cache_dir: Path) -> Path:
     """A random Llama of ``shape`` made on ``device`` and saved in ``dtype``; cached by slug.
 
-    Made on the device because a 7B model's random initialisation takes minutes on CPUs. The
-    tokenizer is bench/checkpoint.py's small one: the benchmark only moves token ids.
+    Made on the device (bench/checkpoint.py's save_random_llama, with its small tokenizer: the
+    benchmark only moves token ids).
     """
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from lmtp_cog.tiny_models import BOS, EOS, PAD, make_tokenizer
+    from checkpoint import save_random_llama
 
     out_dir = cache_dir / shape.slug(dtype)
     if (out_dir / COMPLETE_MARKER).exists():
         return out_dir
     shutil.rmtree(out_dir, ignore_errors=True)
-    tokenizer = make_tokenizer(out_dir)
-    pad_id, bos_id, eos_id = (tokenizer.convert_tokens_to_ids(t) for t in (PAD, BOS, EOS))
-    config = LlamaConfig(
+    save_random_llama(
+        out_dir,
+        layers=shape.layers,
+        hidden=shape.hidden,
+        heads=shape.heads,
+        kv_heads=shape.kv_heads,
+        intermediate=shape.intermediate,
         vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=shape.context_length,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
+        context_length=shape.context_length,
         initializer_range=shape.initializer_range,
-        tie_word_embeddings=False,
+        seed=shape.seed,
+        lm_head_scale=shape.lm_head_scale,
+        dtype=dtype,
+        device=device,
     )
-    torch.manual_seed(shape.seed)
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(shape.lm_head_scale)
-    model = model.to(dtype)
-    model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
-    model.save_pretrained(str(out_dir))
-    del model
     free_memory()
     (out_dir / COMPLETE_MARKER).write_text(json.dumps({**asdict(shape), "dtype": dtype_name(dtype)}, indent=2))
     return out_dir
@@ -686,18 +674,10 @@ def engine_batched(engine: Any, prompts: Sequence[Sequence[int]], tokens: int, t
 
 
 def engine_stream(prompt: Sequence[int], *, max_tokens: int, top_logprobs: int) -> Any:
-    """A greedy ``GenerationStream`` for the engine, in either shape the runtime has had: over a
-    ``GenerationRequest`` (lmtp_runtime.requests) or over a parsed ``GenerateOp``."""
+    """A greedy ``GenerationStream`` for the engine, over an engine-level ``GenerationRequest``."""
     from lmtp_runtime.engine import GenerationStream
+    from lmtp_runtime.requests import GenerationRequest
 
-    try:
-        from lmtp_runtime.requests import GenerationRequest
-    except ImportError:
-        from lmtp_runtime.protocol import GenerateOp
-
-        return GenerationStream(
-            GenerateOp(stream_id=0, prompt=tuple(prompt), max_tokens=max_tokens, top_logprobs=top_logprobs)
-        )
     return GenerationStream(GenerationRequest(prompt=tuple(prompt), max_tokens=max_tokens, top_logprobs=top_logprobs))
 
 
@@ -1221,19 +1201,11 @@ COLD_PROMPT = [1, *range(100, 131)]
 
 def cold_start(settings_path: Path, *, timeout_s: float) -> dict[str, Any]:
     """``setup()`` to the first token in a fresh interpreter (this file, ``--cold-child``)."""
-    spawned = time.time()
-    done = subprocess.run(
-        [sys.executable, __file__, "--cold-child", str(settings_path)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-        check=False,
+    from coldstart import run_child
+
+    result, spawned = run_child(
+        [__file__, "--cold-child", str(settings_path)], what="cold start", timeout_s=timeout_s
     )
-    found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not found:
-        raise RuntimeError(f"cold start failed (exit {done.returncode}): {done.stderr[-1500:]}")
-    result = json.loads(found[-1].removeprefix("RESULT "))
     result["process_to_first_token_s"] = result.pop("first_token_epoch_s") - spawned
     return result
 
