@@ -117,6 +117,38 @@ def post_once(server: CogServer, inputs: dict[str, Any]) -> tuple[int, Any]:
         return error.code, json.loads(error.read() or b"null")
 
 
+def follow(
+    server: CogServer, prediction_id: str, inputs: dict[str, Any], *, began: float | None = None
+) -> dict[str, Any]:
+    """Start one prediction over Cog's SSE and read it to its ``completed`` event.
+
+    Returns its ``status`` (Cog's answer, e.g. ``Busy()``, if it did not start), its output
+    ``chunks`` and ``logs``, and in seconds since ``began`` when each chunk arrived
+    (``arrivals``) and when it ``ended``.
+    """
+    began = time.perf_counter() if began is None else began
+    try:
+        answer = CogClient(server.url).start(prediction_id, inputs)
+    except OSError as error:
+        return {"status": f"not sent: {error!r}"}
+    if not isinstance(answer, Started):
+        return {"status": repr(answer)}
+    record: dict[str, Any] = {"status": None, "chunks": [], "arrivals": [], "logs": ""}
+    try:
+        for name, data in answer.events():
+            if name == "output":
+                record["chunks"].append(data["chunk"])
+                record["arrivals"].append(time.perf_counter() - began)
+            elif name == "log":
+                record["logs"] += data.get("data", "")
+            elif name == "completed":
+                record.update(status=data["status"], ended=time.perf_counter() - began)
+                break
+    finally:
+        answer.close()
+    return record
+
+
 # --- what the image's schema lets through -------------------------------------------------------
 
 MODEL_INFO_OPS = json.dumps([["MODEL_INFO", {"stream_id": 1}]])
@@ -157,19 +189,9 @@ def test_predictions_stream_over_sse(fixture: str, request: pytest.FixtureReques
     because ``@cog.streaming`` is written in ``predict.py``; without it coglet answers 406."""
     server = request.getfixturevalue(fixture)
     op = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0, "stream_id": 3}
-    answer = CogClient(server.url).start(
-        f"sse-{fixture}", {"ops_batch_json": json.dumps([["GENERATE", op]])}
-    )
-    assert isinstance(answer, Started), answer
-    chunks, status = [], None
-    for name, data in answer.events():
-        if name == "output":
-            chunks.append(data["chunk"])
-        elif name == "completed":
-            status = data["status"]
-            break
-    answer.close()
-    assert status == "succeeded"
+    record = follow(server, f"sse-{fixture}", {"ops_batch_json": json.dumps([["GENERATE", op]])})
+    assert record["status"] == "succeeded", record
+    chunks = record["chunks"]
     assert len(chunks) == 12 and len(parse_output(chunks)) == 12  # one event per decode step
 
 
@@ -181,26 +203,17 @@ def test_eight_predictions_at_once_run_together(server: CogServer) -> None:
     results: list[dict[str, Any]] = [{} for _ in range(8)]
     began = time.perf_counter()
 
-    def follow(index: int) -> None:
-        answer = CogClient(server.url).start(f"eight-{index}", {"ops_batch_json": json.dumps(ops)})
-        if not isinstance(answer, Started):
-            results[index]["status"] = repr(answer)
-            return
-        for name, data in answer.events():
-            if name == "output":
-                results[index].setdefault("first", time.perf_counter() - began)
-            elif name == "completed":
-                results[index].update(status=data["status"], ended=time.perf_counter() - began)
-                break
-        answer.close()
+    def one(index: int) -> None:
+        inputs = {"ops_batch_json": json.dumps(ops)}
+        results[index] = follow(server, f"eight-{index}", inputs, began=began)
 
-    threads = [threading.Thread(target=follow, args=(index,)) for index in range(8)]
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=REQUEST_TIMEOUT_S)
     assert [result.get("status") for result in results] == ["succeeded"] * 8, results
-    assert max(r["first"] for r in results) < min(r["ended"] for r in results), results
+    assert max(r["arrivals"][0] for r in results) < min(r["ended"] for r in results), results
 
 
 def test_back_to_back_predictions_are_never_refused_with_concurrency_8(server: CogServer) -> None:
@@ -338,34 +351,14 @@ def test_concurrent_predictions_run_at_once_and_each_streams_its_own_answer(
     op = {"prompt": PROMPT, "max_tokens": STREAMED_TOKENS, "temperature": 0, "stream_id": 7,
           "logit_bias": {"2": -100}}
     inputs = [text, {**text, "prompt": "a dog"}, {"ops_batch_json": json.dumps([["GENERATE", op]])}]
-    client = CogClient(server.url)
     timelines: list[dict[str, Any]] = [{} for _ in inputs]
     started = time.perf_counter()
 
-    def follow(index: int) -> None:
-        record = timelines[index]
-        record.update(outputs=[], logs="", arrivals=[])
-        try:
-            answer = client.start(f"concurrent-{index}", inputs[index])
-        except OSError as error:
-            record["status"] = f"not sent: {error!r}"
-            return
-        if not isinstance(answer, Started):  # Busy: Cog did not take all three at once
-            record["status"] = repr(answer)
-            return
-        for name, data in answer.events():
-            if name == "output":
-                record["outputs"].append(data["chunk"])
-                record["arrivals"].append(time.perf_counter() - started)
-            elif name == "log":
-                record["logs"] += data.get("data", "")
-            elif name == "completed":
-                record["status"] = data["status"]
-                record["completed"] = time.perf_counter() - started
-                break
-        answer.close()
+    def one(index: int) -> None:
+        # A status of Busy(): Cog did not take all three at once.
+        timelines[index] = follow(server, f"concurrent-{index}", inputs[index], began=started)
 
-    threads = [threading.Thread(target=follow, args=(index,)) for index in range(len(inputs))]
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(len(inputs))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -374,16 +367,16 @@ def test_concurrent_predictions_run_at_once_and_each_streams_its_own_answer(
     assert [record.get("status") for record in timelines] == ["succeeded"] * 3, timelines
     # Each streamed in many pieces, and they ran at the same time: the last to start had its
     # first piece before the first to end was done.
-    assert all(len(record["outputs"]) > 10 for record in timelines)
-    assert max(r["arrivals"][0] for r in timelines) < min(r["completed"] for r in timelines), [
-        (r["arrivals"][0], r["completed"]) for r in timelines
+    assert all(len(record["chunks"]) > 10 for record in timelines)
+    assert max(r["arrivals"][0] for r in timelines) < min(r["ended"] for r in timelines), [
+        (r["arrivals"][0], r["ended"]) for r in timelines
     ]
 
     local = load_predictor(llama_dir)
     for record, given in zip(timelines[:2], inputs[:2], strict=True):
-        assert "".join(record["outputs"]) == "".join(local.stream(**given))
+        assert "".join(record["chunks"]) == "".join(local.stream(**given))
     # Batched with the others, the LMTP stream has the same tokens; logprobs differ by rounding.
-    remote = [data for _, data in parse_output(timelines[2]["outputs"])]
+    remote = [data for _, data in parse_output(timelines[2]["chunks"])]
     alone = [data for _, data in parse_output(list(local.stream(**inputs[2])))]
     assert [d["token"] for d in remote] == [d["token"] for d in alone]
     assert [d["logprob"] for d in remote] == pytest.approx([d["logprob"] for d in alone], abs=1e-4)
@@ -449,19 +442,7 @@ def test_bursts_of_ten_thousand_lines_arrive_whole_over_sse(server: CogServer) -
     batch = json.dumps([*bad, good])
 
     def one(prediction_id: str, results: dict[str, Any]) -> None:
-        answer = CogClient(server.url).start(prediction_id, {"ops_batch_json": batch})
-        if not isinstance(answer, Started):
-            results[prediction_id] = repr(answer)
-            return
-        chunks, status = [], None
-        for name, data in answer.events():
-            if name == "output":
-                chunks.append(data["chunk"])
-            elif name == "completed":
-                status = data["status"]
-                break
-        answer.close()
-        results[prediction_id] = (status, chunks)
+        results[prediction_id] = follow(server, prediction_id, {"ops_batch_json": batch})
 
     for burst in range(BURSTS):
         results: dict[str, Any] = {}
@@ -473,8 +454,8 @@ def test_bursts_of_ten_thousand_lines_arrive_whole_over_sse(server: CogServer) -
         for thread in threads:
             thread.join(timeout=REQUEST_TIMEOUT_S)
         for prediction_id, result in sorted(results.items()):
-            assert isinstance(result, tuple), (prediction_id, result)
-            status, chunks = result
+            status, chunks = result["status"], result.get("chunks", [])
+            assert status == "succeeded", (prediction_id, status)
             lines = parse_output(chunks)
             assert status == "succeeded" and len(chunks) <= 1 + 8, (prediction_id, len(chunks))
             assert len(lines) == BURST_OPS + 8, (prediction_id, len(lines))
