@@ -26,6 +26,7 @@ import torch
 
 from lmtp_cog.serve.banner import banner
 from lmtp_cog.serve.service import Served
+from tests.support.http import request_json
 from tests.support.lmtp_reference import Reference
 from tests.support.served_projects import E2E_MODEL, E2E_OWNER, banner_snippet
 
@@ -51,15 +52,7 @@ def client(served: Served) -> openai.OpenAI:
 
 
 def _post(served: Served, path: str, body: bytes | Any) -> tuple[int, dict[str, str], Any]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(
-        served.api_url + path, data=data, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
+    return request_json(served.api_url + path, body=body)
 
 
 # --- completions ---------------------------------------------------------------------------------

@@ -19,8 +19,6 @@ import shutil
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import pytest
 from lmtp_cog.cogserver import CogServer, CogServerError
 from lmtp_cog.render import render_predict_py
 from lmtp_cog.serve.cog_client import CogClient, Started
+from tests.support.http import request_json
 
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "predictors" / "lmtp_runtime"
 VENV_BIN = Path(sys.executable).parent
@@ -104,17 +103,10 @@ def one_at_a_time_server(
 
 def post_once(server: CogServer, inputs: dict[str, Any]) -> tuple[int, Any]:
     """One ``POST /predictions`` (waiting for the result), never retried: status and body."""
-    request = urllib.request.Request(
-        f"{server.url}/predictions",
-        data=json.dumps({"input": inputs}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
+    status, _, body = request_json(
+        f"{server.url}/predictions", body={"input": inputs}, timeout=REQUEST_TIMEOUT_S
     )
-    try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+    return status, body
 
 
 def follow(

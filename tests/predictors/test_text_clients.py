@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from lmtp_cog.build import BuildOptions, build
 from lmtp_cog.serve.redirect import redirect_replicate_api
 from lmtp_cog.serve.service import Served, serve_project
 from lmtp_cog.tiny_models import make_model
+from tests.support.http import request_json
 
 # LiteLLM's import builds pydantic models that warn about typing details of its own.
 pytestmark = pytest.mark.filterwarnings("ignore:Item .* is using the .ReadOnly. qualifier")
@@ -100,17 +99,8 @@ def local_chunks(local: Any, inputs: dict[str, Any]) -> list[str]:
 
 
 def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    status, _, answer = request_json(url, body=body, headers=headers, timeout=120)
+    return status, answer
 
 
 # --- the Cog server -------------------------------------------------------------------------------

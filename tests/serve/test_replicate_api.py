@@ -26,6 +26,7 @@ from replicate.exceptions import ReplicateError
 from lmtp_cog.serve.redirect import redirect_replicate_api
 from lmtp_cog.serve.service import Served, serve_project
 from lmtp_cog.serve.sse import Event, parse_events
+from tests.support.http import request_json
 from tests.support.served_projects import ECHO_MODEL
 
 
@@ -59,17 +60,14 @@ def _tokens(output: Any) -> list[int]:
 def _request(
     served: Served, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
-    request = urllib.request.Request(
+    status, _, answer = request_json(
         served.api_url + path,
-        data=None if body is None else json.dumps(body).encode(),
         method=method,
-        headers={"Content-Type": "application/json", "Authorization": "Token x", **(headers or {})},
+        body=body,
+        headers={"Authorization": "Token x", **(headers or {})},
+        timeout=30,
     )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return status, answer
 
 
 def _create(served: Served, inputs: dict[str, Any], **headers: str) -> dict[str, Any]:
